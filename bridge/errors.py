@@ -1,0 +1,58 @@
+"""warren's own errors and the exit codes the CLI maps every typed error to.
+
+`protocol` and `sinks` cannot import `bridge`, so each has its own root (`ProtocolError`, `SinkError`);
+`exit_code_for` knows all of them, and a traceback only ever means a bug.
+"""
+
+from __future__ import annotations
+
+from protocol.errors import AuthenticationError, BrokerError, ProtocolError
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1  # the command ran, and what it checked does not hold (verify, demo)
+EXIT_USAGE = 2  # bad command line or configuration
+EXIT_BROKER = 3  # broker unreachable, refused us, or closed on us
+EXIT_SINK = 4  # archive storage unreachable or refusing
+EXIT_CORRUPT = 5  # archive content is damaged
+EXIT_AUTH = 6  # credentials refused
+EXIT_INTERRUPTED = 130
+
+
+class WarrenError(Exception):
+    """Root of the errors raised by the bridge (the product)."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class ConfigError(WarrenError):
+    """A configuration value is missing or wrong: says which file, which key, what was expected."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
+        where = ": ".join(part for part in (source, key) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.source = source
+        self.key = key
+
+
+class LocalNodeError(WarrenError):
+    """A private RabbitMQ node could not be started or controlled."""
+
+    exit_code = EXIT_BROKER
+
+
+class CheckFailed(WarrenError):
+    """Something a command verified does not hold."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+def exit_code_for(error: BaseException) -> int:
+    if isinstance(error, WarrenError):
+        return error.exit_code
+    if isinstance(error, AuthenticationError):
+        return EXIT_AUTH
+    if isinstance(error, (BrokerError, ProtocolError)):
+        return EXIT_BROKER
+    return EXIT_CHECK_FAILED
