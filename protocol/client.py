@@ -115,6 +115,7 @@ class Connection(asyncio.Protocol):
         if self._closed.done():
             return
         if self._core.state is State.OPEN:
+            self._write_pending_acks()  # acks must reach the broker before the close does
             self._core.close(200, "warren closing")
             self._flush()
             with contextlib.suppress(asyncio.TimeoutError, ProtocolError):
@@ -203,12 +204,15 @@ class Connection(asyncio.Protocol):
         self._pending_acks.add(chan)
         self._schedule_flush()
 
+    def _write_pending_acks(self) -> None:
+        for chan in self._pending_acks:
+            chan._write_pending_ack()
+        self._pending_acks.clear()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._pending_acks:
-            for chan in self._pending_acks:
-                chan._write_pending_ack()
-            self._pending_acks.clear()
+            self._write_pending_acks()
         data = self._core.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)

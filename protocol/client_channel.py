@@ -77,6 +77,7 @@ class Channel:
         if self._closed:
             return
         if self._conn.is_open and self.number in self._core.channels:
+            self._write_pending_ack()  # acks must reach the broker before the close does
             self._core.close_channel(self.number)
             self._conn._flush()
             fut = self._expect(commands.Channel.CloseOk)
