@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from bridge import logs
-from bridge.errors import EXIT_INTERRUPTED, EXIT_OK, exit_code_for
+from bridge.errors import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_OK, WarrenError, exit_code_for
 from protocol.errors import ProtocolError
 from protocol.loop import run
+from sinks import SinkError
 
 log = logging.getLogger("warren")
 
@@ -28,6 +29,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--broker", metavar="URI", help="use this broker instead of starting a private node")
     demo.add_argument("--count", type=int, default=1000, help="sample messages (default: 1000)")
+
+    ls = commands.add_parser("ls", help="list the sources an archive holds, with counts, sizes and time ranges")
+    ls.add_argument("archive", metavar="ARCHIVE", help="archive URI (file:///var/lib/warren, s3://...) or path")
+    ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+
+    inspect = commands.add_parser("inspect", help="print archived records, filtered, one per line")
+    inspect.add_argument("archive", metavar="ARCHIVE|SEGMENT", help="archive URI or path, or one segment file")
+    inspect.add_argument("--source", metavar="NAME", help="only this queue or stream")
+    inspect.add_argument("--vhost", metavar="VHOST", help="only sources in this vhost")
+    inspect.add_argument("--since", metavar="T", help="records at or after T (RFC 3339, or relative: -15m, -2h)")
+    inspect.add_argument("--until", metavar="T", help="records at or before T")
+    inspect.add_argument("--limit", metavar="N", type=int, help="stop after N matching records")
+    inspect.add_argument(
+        "--where",
+        metavar="PROP[=VALUE]",
+        action="append",
+        default=[],
+        help="property equals VALUE, or is present (message_id=42, headers.x-death); repeatable, all must hold",
+    )
+    inspect.add_argument("--routing-key", metavar="PATTERN", help="AMQP topic pattern: orders.*.eu, audit.#")
+    inspect.add_argument("--grep", metavar="REGEX", help="body matches this regular expression")
+    inspect.add_argument("--json", action="store_true", help="JSON lines, for jq")
+
+    verify = commands.add_parser("verify", help="check every segment's checksums, footers and sequence continuity")
+    verify.add_argument("archive", metavar="ARCHIVE", help="archive URI or path")
     return parser
 
 
@@ -38,7 +64,29 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK if checks.failed == 0 else 1
 
 
-HANDLERS = {"demo": _demo}
+def _ls(args: argparse.Namespace) -> int:
+    from bridge.archive_list import list_archive
+
+    print(run(list_archive(args.archive, as_json=args.json)))
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from bridge.archive_inspect import RecordFilter, inspect_target
+
+    keep = RecordFilter.build(args.since, args.until, args.where, args.routing_key, args.grep)
+    run(inspect_target(args.archive, keep, source=args.source, vhost=args.vhost, limit=args.limit, as_json=args.json))
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from bridge.archive_verify import verify_uri
+
+    sound = run(verify_uri(args.archive))
+    return EXIT_OK if sound else EXIT_CHECK_FAILED
+
+
+HANDLERS = {"demo": _demo, "ls": _ls, "inspect": _inspect, "verify": _verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,9 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as err:
-        from bridge.errors import WarrenError
-
-        if not isinstance(err, (WarrenError, ProtocolError)):
+        if not isinstance(err, (WarrenError, ProtocolError, SinkError)):
             raise
         print(f"warren {args.command}: {logs.scrub(str(err))}", file=sys.stderr)
         return exit_code_for(err)

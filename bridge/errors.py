@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from protocol.errors import AuthenticationError, BrokerError, ProtocolError
+from sinks.errors import SinkError
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # the command ran, and what it checked does not hold (verify, demo)
@@ -55,4 +56,19 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_AUTH
     if isinstance(error, (BrokerError, ProtocolError)):
         return EXIT_BROKER
+    if isinstance(error, SinkError):
+        return EXIT_SINK
     return EXIT_CHECK_FAILED
+
+
+class ArchiveCorrupt(WarrenError):
+    """An archived object is damaged: names the object, where in it, and what is wrong."""
+
+    exit_code = EXIT_CORRUPT
+
+    def __init__(self, what: str, *, segment: str, offset: int | None = None) -> None:
+        at = f" at byte {offset}" if offset is not None else ""
+        super().__init__(f"{segment}{at}: {what}")
+        self.segment = segment
+        self.offset = offset
+        self.what = what

@@ -1,0 +1,95 @@
+"""Object storage for the archive: one small interface (`Sink`), one module per backend.
+
+`open_sink` turns a URI into a sink: `file:///abs/path` or a plain path for the local filesystem;
+`s3://`, `gs://` and `az://` are reserved for the cloud backends. A backend registers itself with
+one line in `BACKENDS`, and imports its SDK inside its factory so that using one backend never
+requires the others' libraries.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from sinks.base import ObjectInfo, Sink, redact_url, validate_key
+from sinks.errors import (
+    InvalidKey,
+    ObjectExists,
+    ObjectNotFound,
+    SinkConfigError,
+    SinkError,
+    SinkPermissionDenied,
+    SinkUnavailable,
+)
+from sinks.local import LocalSink
+
+__all__ = [
+    "BACKENDS",
+    "InvalidKey",
+    "LocalSink",
+    "ObjectExists",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "Sink",
+    "SinkConfigError",
+    "SinkError",
+    "SinkPermissionDenied",
+    "SinkUnavailable",
+    "open_sink",
+    "redact_url",
+    "validate_key",
+]
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _open_file(uri: str) -> Sink:
+    parts = urlsplit(uri)
+    if parts.netloc not in ("", "localhost"):
+        raise SinkConfigError(
+            f"a file URI names a local absolute path (file:///path), not host {parts.netloc!r}", sink=redact_url(uri)
+        )
+    if parts.query or parts.fragment:
+        raise SinkConfigError("a file URI takes no query or fragment", sink=redact_url(uri))
+    path = unquote(parts.path)
+    if not path.startswith("/"):
+        raise SinkConfigError("a file URI needs an absolute path: file:///path", sink=redact_url(uri))
+    return LocalSink(Path(path))
+
+
+def _not_available_yet(name: str) -> Callable[[str], Sink]:
+    def factory(uri: str) -> Sink:
+        raise SinkConfigError(f"the {name} sink is not available yet", sink=redact_url(uri))
+
+    return factory
+
+
+# scheme -> factory taking the full URI (credentials included; a factory must redact them in errors).
+BACKENDS: dict[str, Callable[[str], Sink]] = {
+    "file": _open_file,
+    "s3": _not_available_yet("S3"),
+    "gs": _not_available_yet("Google Cloud Storage"),
+    "az": _not_available_yet("Azure Blob Storage"),
+}
+
+
+def open_sink(uri: str) -> Sink:
+    """The sink a URI or plain path (relative or absolute) names; SinkConfigError if it names none.
+
+    Opening touches no storage: call `check()` on the result at start.
+    """
+    if not uri or "\0" in uri:
+        raise SinkConfigError("empty sink URI or path, or one containing NUL", sink=repr(redact_url(uri)))
+    match = _SCHEME.match(uri)
+    if match is None:
+        return LocalSink(Path(uri))
+    scheme = match.group(1).lower()
+    factory = BACKENDS.get(scheme)
+    if factory is None:
+        supported = ", ".join(f"{name}://" for name in BACKENDS)
+        raise SinkConfigError(
+            f"unknown sink scheme {scheme!r}; supported: {supported}, or a plain path", sink=redact_url(uri)
+        )
+    return factory(uri)

@@ -1,0 +1,181 @@
+"""One archived message: what it takes to republish it byte-identical, plus a few fields to filter on.
+
+A record is a msgpack map with short keys (docs/FORMAT.md, "Records"). AMQP 0-9-1 records keep the
+property section of the content header exactly as it came off the wire, so every property and header
+keeps its AMQP type by construction; stream records keep the message as the broker stores it (its
+AMQP 1.0 encoded bytes) with the broker's chunk timestamp.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from protocol.message import Message, Properties, decode_properties
+
+
+class RecordKind(enum.IntEnum):
+    AMQP091 = 0  # a message consumed from a queue over AMQP 0-9-1
+    STREAM = 1  # a message read from a stream: AMQP 1.0 encoded bytes as the broker stores them
+
+
+class SourceKind(enum.StrEnum):
+    QUEUE = "queue"
+    STREAM = "stream"
+
+
+@dataclass(frozen=True, order=True)
+class Source:
+    """Where records come from: one queue or stream in one vhost."""
+
+    vhost: str
+    kind: SourceKind
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r} in vhost {self.vhost!r}"
+
+    def to_map(self) -> dict[str, str]:
+        return {"vhost": self.vhost, "kind": str(self.kind), "name": self.name}
+
+    @classmethod
+    def from_map(cls, m: dict[str, Any]) -> Source:
+        return cls(vhost=m["vhost"], kind=SourceKind(m["kind"]), name=m["name"])
+
+
+@dataclass(frozen=True)
+class Record:
+    """A decoded record. `time_ns` is what point-in-time selection compares: the broker's chunk
+    timestamp for stream records, the capture time for queue records."""
+
+    seq: int
+    captured_ns: int
+    kind: RecordKind
+    body: bytes
+    exchange: str = ""
+    routing_key: str = ""
+    raw_properties: bytes = b""
+    redelivered: bool = False
+    offset: int | None = None
+    chunk_ts_ms: int | None = None
+    fingerprint: bytes | None = None
+
+    @property
+    def time_ns(self) -> int:
+        if self.chunk_ts_ms is not None:
+            return self.chunk_ts_ms * 1_000_000
+        return self.captured_ns
+
+    @cached_property
+    def properties(self) -> Properties:
+        return decode_properties(self.raw_properties)
+
+    def to_message(self) -> Message:
+        return Message(self.body, self.raw_properties, exchange=self.exchange, routing_key=self.routing_key)
+
+
+# msgpack keys, fixed by docs/FORMAT.md
+K_KIND, K_SEQ, K_CAPTURED, K_BODY = "k", "s", "c", "b"
+K_EXCHANGE, K_ROUTING_KEY, K_PROPS, K_REDELIVERED = "e", "r", "p", "d"
+K_MESSAGE_ID, K_TIMESTAMP = "m", "t"
+K_OFFSET, K_CHUNK_TS, K_FINGERPRINT = "o", "u", "f"
+
+
+def amqp_record_map(
+    seq: int, captured_ns: int, message: Message, *, fingerprint: bytes | None = None
+) -> dict[str, Any]:
+    """The record map of a message consumed over AMQP 0-9-1; filter fields are decoded only if cheap."""
+    m: dict[str, Any] = {
+        K_KIND: RecordKind.AMQP091,
+        K_SEQ: seq,
+        K_CAPTURED: captured_ns,
+        K_EXCHANGE: message.exchange,
+        K_ROUTING_KEY: message.routing_key,
+        K_PROPS: message.raw_properties,
+        K_BODY: message.body,
+    }
+    if message.redelivered:
+        m[K_REDELIVERED] = True
+    if fingerprint is not None:
+        m[K_FINGERPRINT] = fingerprint
+    _add_filter_fields(m, message.raw_properties)
+    return m
+
+
+def stream_record_map(seq: int, captured_ns: int, encoded: bytes, offset: int, chunk_ts_ms: int) -> dict[str, Any]:
+    return {
+        K_KIND: RecordKind.STREAM,
+        K_SEQ: seq,
+        K_CAPTURED: captured_ns,
+        K_BODY: encoded,
+        K_OFFSET: offset,
+        K_CHUNK_TS: chunk_ts_ms,
+    }
+
+
+def _add_filter_fields(m: dict[str, Any], raw: bytes) -> None:
+    message_id, timestamp = filter_fields(raw)
+    if message_id is not None:
+        m[K_MESSAGE_ID] = message_id
+    if timestamp is not None:
+        m[K_TIMESTAMP] = timestamp
+
+
+_u32 = struct.Struct(">I")
+_u64 = struct.Struct(">Q")
+
+
+def filter_fields(raw: bytes) -> tuple[str | None, int | None]:
+    """message-id and timestamp out of a property section, by walking the fields before them.
+
+    Decoding every property (pamqp) costs more than the rest of the record, and these two sit early
+    in the section, behind at most one table that can be skipped by its length.
+    """
+    if len(raw) < 2:
+        return None, None
+    flags = int.from_bytes(raw[:2], "big")
+    if not flags & 0x00C0:  # neither message-id (bit 7) nor timestamp (bit 6)
+        return None, None
+    pos = 2
+    while int.from_bytes(raw[pos - 2 : pos], "big") & 1:  # further flag words follow
+        pos += 2
+    try:
+        for bit in (15, 14):  # content-type, content-encoding: shortstr
+            if flags & (1 << bit):
+                pos += 1 + raw[pos]
+        if flags & (1 << 13):  # headers: table, skipped whole
+            pos += 4 + _u32.unpack_from(raw, pos)[0]
+        for bit in (12, 11):  # delivery-mode, priority: octet
+            if flags & (1 << bit):
+                pos += 1
+        for bit in (10, 9, 8):  # correlation-id, reply-to, expiration: shortstr
+            if flags & (1 << bit):
+                pos += 1 + raw[pos]
+        message_id = None
+        if flags & (1 << 7):
+            length = raw[pos]
+            message_id = raw[pos + 1 : pos + 1 + length].decode("utf-8", "replace")
+            pos += 1 + length
+        timestamp = _u64.unpack_from(raw, pos)[0] if flags & (1 << 6) else None
+    except (IndexError, struct.error):
+        return None, None  # a malformed section is archived as is; only the filter fields are lost
+    return message_id, timestamp
+
+
+def record_from_map(m: dict[str, Any]) -> Record:
+    return Record(
+        seq=m[K_SEQ],
+        captured_ns=m[K_CAPTURED],
+        kind=RecordKind(m[K_KIND]),
+        body=m[K_BODY],
+        exchange=m.get(K_EXCHANGE, ""),
+        routing_key=m.get(K_ROUTING_KEY, ""),
+        raw_properties=m.get(K_PROPS, b""),
+        redelivered=m.get(K_REDELIVERED, False),
+        offset=m.get(K_OFFSET),
+        chunk_ts_ms=m.get(K_CHUNK_TS),
+        fingerprint=m.get(K_FINGERPRINT),
+    )

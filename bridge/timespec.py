@@ -1,0 +1,41 @@
+"""Times on the command line: RFC 3339 (`2026-11-23T03:00:00Z`), a date, `now`, or relative (`-15m`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+
+from bridge.errors import ConfigError
+
+_RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)$")
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, *, now_ns: int | None = None, what: str = "time") -> int:
+    """UTC nanoseconds since the epoch. A time without an offset is refused rather than guessed."""
+    now = time.time_ns() if now_ns is None else now_ns
+    value = text.strip()
+    if value == "now":
+        return now
+    if m := _RELATIVE.match(value):
+        return now - int(float(m[1]) * _UNIT_SECONDS[m[2]] * 1_000_000_000)
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"{what} {text!r} is neither RFC 3339 (2026-11-23T03:00:00Z) nor relative (-15m, -2h, -1d)"
+        ) from None
+    if parsed.tzinfo is None:
+        if len(value) == 10:  # a bare date means midnight UTC
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        else:
+            raise ConfigError(f"{what} {text!r} has no UTC offset: add Z or +HH:MM")
+    seconds = int(parsed.timestamp())
+    return seconds * 1_000_000_000 + parsed.microsecond * 1000
+
+
+def format_time(ns: int) -> str:
+    """RFC 3339 in UTC with microseconds, as `ls --json` promises."""
+    t = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).replace(microsecond=(ns // 1000) % 1_000_000)
+    return t.isoformat().replace("+00:00", "Z")
