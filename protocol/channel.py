@@ -6,6 +6,8 @@ flow-ok, cancel-ok) are appended to the connection's outbound buffer passed in.
 
 from __future__ import annotations
 
+import struct
+
 from pamqp import commands
 
 from protocol import frames
@@ -61,13 +63,14 @@ class ChannelState:
                 raise FrameError(
                     "method frame arrived while content was still expected", reply_code=505, channel=self.number
                 )
+            if len(payload) < 4:
+                raise FrameError(f"method frame of {len(payload)} bytes is truncated", channel=self.number)
             method_id = (payload[0] << 24) | (payload[1] << 16) | (payload[2] << 8) | payload[3]
             if method_id == frames.DELIVER_ID:
-                if self.closing:
-                    return None
+                # Even on a closing channel the content that follows must be read (and then dropped).
                 try:
                     tag, delivery_tag, redelivered, exchange, routing_key = frames.decode_deliver(payload)
-                except (IndexError, ValueError) as err:
+                except (IndexError, ValueError, struct.error) as err:
                     raise FrameError(f"cannot decode Basic.Deliver: {err}", channel=self.number) from err
                 self._message = Message(
                     b"",
@@ -160,8 +163,6 @@ class ChannelState:
             )
         if kind is commands.Channel.CloseOk:
             return MethodReceived(self.number, method)
-        if self.closing:
-            return None  # the spec: after sending close, discard all but close and close-ok
         if kind is commands.Basic.Return:
             self._start_content(_RETURN, method.exchange, method.routing_key, 0, False)
             self._reply = (method.reply_code, method.reply_text)
@@ -169,6 +170,10 @@ class ChannelState:
         if kind is commands.Basic.GetOk:
             self._start_content(_GET, method.exchange, method.routing_key, method.delivery_tag, method.redelivered)
             self._reply = method.message_count
+            return None
+        if self.closing:
+            # The spec: after sending close, discard all but close and close-ok. Content methods
+            # above are still read in full, so their header and body frames are not taken for errors.
             return None
         if kind is commands.Basic.GetEmpty:
             return GetEmpty(self.number)
@@ -220,7 +225,11 @@ class ConfirmTracker:
             if tag > self.low:
                 self.low = tag
                 if self._above:
-                    self._above = {t for t in self._above if t > tag}
+                    above = {t for t in self._above if t > tag}
+                    while self.low + 1 in above:  # single confirms above it may now join the run
+                        self.low += 1
+                        above.discard(self.low)
+                    self._above = above
         else:
             if not ack:
                 self.nacked.append(tag)

@@ -75,8 +75,11 @@ def parse_uri(uri: str) -> ConnectionParameters:
     try:
         parts = urlsplit(uri)
         port = parts.port
-    except ValueError as err:
-        raise InvalidURI(f"not a valid AMQP URI: {err}") from None
+    except ValueError:
+        # urlsplit's message may quote part of the password; say what to check instead.
+        raise InvalidURI(
+            "not a valid AMQP URI: check the port, and percent-encode '/', '?', '#' and '@' in the user and password"
+        ) from None
     scheme = parts.scheme.lower()
     host = parts.hostname or "localhost"
     redacted = f"{scheme}://{unquote(parts.username or 'guest')}@{host}"
