@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from bridge import logs
-from bridge.errors import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_OK, WarrenError, exit_code_for
+from bridge.errors import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, WarrenError, exit_code_for
 from protocol.errors import ProtocolError
 from protocol.loop import run
 from sinks import SinkError
@@ -52,6 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--grep", metavar="REGEX", help="body matches this regular expression")
     inspect.add_argument("--json", action="store_true", help="JSON lines, for jq")
 
+    archive = commands.add_parser(
+        "archive", help="archive queues and streams continuously until SIGTERM/SIGINT (the forward bridge)"
+    )
+    archive.add_argument("--config", metavar="FILE", help="TOML configuration (see docs/CONFIG.md)")
+    archive.add_argument("--broker", metavar="URI", help="amqp://user:pass@host:5672/vhost, without --config")
+    archive.add_argument("--management-uri", metavar="URI", help="default: http://host:15672, same credentials")
+    archive.add_argument("--stream-uri", metavar="URI", help="default: rabbitmq-stream://host:5552/vhost")
+    archive.add_argument("--queue", metavar="NAME", action="append", default=[], help="a queue to archive")
+    archive.add_argument("--stream", metavar="NAME", action="append", default=[], help="a stream to archive")
+    archive.add_argument("--sink", metavar="URI", action="append", default=[], help="default: ./warren-archive")
+    archive.add_argument("--mode", choices=["move", "tap", "snapshot"], default="move", help="for --queue")
+    archive.add_argument("--ack-mode", choices=["on-confirm", "on-publish", "no-ack"], default="on-confirm")
+    archive.add_argument("--prefetch-count", type=int, default=1000)
+    archive.add_argument("--offset", default="first", help="for --stream: first, last, next, N or a time")
+    archive.add_argument(
+        "--snapshot", action="store_true", help="copy what the queues hold now without consuming it, then exit"
+    )
+
     verify = commands.add_parser("verify", help="check every segment's checksums, footers and sequence continuity")
     verify.add_argument("archive", metavar="ARCHIVE", help="archive URI or path")
     return parser
@@ -86,7 +104,34 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK if sound else EXIT_CHECK_FAILED
 
 
-HANDLERS = {"demo": _demo, "ls": _ls, "inspect": _inspect, "verify": _verify}
+def _archive(args: argparse.Namespace) -> int:
+    from bridge.archiver.service import run_archiver
+    from bridge.config import config_from_args, load_config
+
+    if args.config:
+        if args.broker or args.queue or args.stream or args.sink:
+            raise ConfigError("give either --config FILE or --broker/--queue/--stream/--sink, not both")
+        config = load_config(args.config)
+    elif args.broker and (args.queue or args.stream):
+        config = config_from_args(
+            args.broker,
+            args.queue,
+            args.stream,
+            args.sink,
+            management_uri=args.management_uri,
+            stream_uri=args.stream_uri,
+            mode=args.mode,
+            ack_mode=args.ack_mode,
+            prefetch_count=args.prefetch_count,
+            offset=args.offset,
+        )
+    else:
+        raise ConfigError("give --config FILE, or --broker URI with at least one --queue or --stream")
+    run(run_archiver(config, snapshot=args.snapshot))
+    return EXIT_OK
+
+
+HANDLERS = {"archive": _archive, "demo": _demo, "ls": _ls, "inspect": _inspect, "verify": _verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

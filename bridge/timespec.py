@@ -9,6 +9,7 @@ import time
 from bridge.errors import ConfigError
 
 _RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)$")
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -20,6 +21,10 @@ def parse_time(text: str, *, now_ns: int | None = None, what: str = "time") -> i
         return now
     if m := _RELATIVE.match(value):
         return now - int(float(m[1]) * _UNIT_SECONDS[m[2]] * 1_000_000_000)
+    if len(value) > 10 and value[10] == "t":  # RFC 3339 allows lower-case 't' and 'z'
+        value = value[:10] + "T" + value[11:]
+    if value.endswith("z"):
+        value = value[:-1] + "Z"
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
@@ -31,8 +36,7 @@ def parse_time(text: str, *, now_ns: int | None = None, what: str = "time") -> i
             parsed = parsed.replace(tzinfo=dt.UTC)
         else:
             raise ConfigError(f"{what} {text!r} has no UTC offset: add Z or +HH:MM")
-    seconds = int(parsed.timestamp())
-    return seconds * 1_000_000_000 + parsed.microsecond * 1000
+    return (parsed - EPOCH) // dt.timedelta(microseconds=1) * 1000  # exact: no float on the way
 
 
 def format_time(ns: int) -> str:

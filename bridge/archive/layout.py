@@ -26,7 +26,7 @@ DEFINITIONS_SUFFIX = ".json.zst"
 
 def escape(name: str) -> str:
     if name == "":
-        return "%00"  # never a valid queue or vhost name, but must not vanish into an empty segment
+        return "%"  # never a valid queue or vhost name; a lone '%' is never produced by escaping
     escaped = quote(name, safe="")
     if escaped[0] in "._":
         escaped = f"%{ord(escaped[0]):02X}" + escaped[1:]
@@ -34,7 +34,7 @@ def escape(name: str) -> str:
 
 
 def unescape(segment: str) -> str:
-    return "" if segment == "%00" else unquote(segment, errors="strict")
+    return "" if segment == "%" else unquote(segment, errors="strict")
 
 
 def join(prefix: str, *parts: str) -> str:
@@ -46,7 +46,7 @@ def source_prefix(prefix: str, source: Source) -> str:
 
 
 def partition(captured_ns: int) -> str:
-    t = dt.datetime.fromtimestamp(captured_ns / 1e9, dt.UTC)
+    t = dt.datetime.fromtimestamp(captured_ns // 1_000_000_000, dt.UTC)  # integer: no rounding into the next hour
     return f"{t:%Y/%m/%d/%H}"
 
 

@@ -9,6 +9,7 @@ AMQP 1.0 encoded bytes) with the broker's chunk timestamp.
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -82,6 +83,16 @@ K_KIND, K_SEQ, K_CAPTURED, K_BODY = "k", "s", "c", "b"
 K_EXCHANGE, K_ROUTING_KEY, K_PROPS, K_REDELIVERED = "e", "r", "p", "d"
 K_MESSAGE_ID, K_TIMESTAMP = "m", "t"
 K_OFFSET, K_CHUNK_TS, K_FINGERPRINT = "o", "u", "f"
+
+
+def fingerprint(message: Message) -> bytes:
+    """Identifies a message's content (where it went, properties, body) to spot redelivered copies."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (message.exchange.encode(), message.routing_key.encode(), message.raw_properties):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    h.update(message.body)
+    return h.digest()
 
 
 def amqp_record_map(

@@ -36,6 +36,7 @@ HOUR_NS = 3600 * 1_000_000_000
 class RollPolicy:
     max_bytes: int = 64 * 1024 * 1024
     max_age: float = 60.0  # seconds from a segment's first record to its roll
+    max_records: int | None = None  # e.g. half the prefetch, when the broker waits for our acks
     block_bytes: int = DEFAULT_BLOCK_BYTES
     max_pending_bytes: int = 256 * 1024 * 1024  # finished segments waiting for upload, before appends wait
 
@@ -105,6 +106,7 @@ class SegmentWriter:
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.failed = asyncio.Event()  # set when `error` is: the owner stops taking records
         self._uploader: asyncio.Task[None] | None = None
         self._ager: asyncio.Task[None] | None = None
 
@@ -135,7 +137,7 @@ class SegmentWriter:
         """Roll the open segment and wait until everything appended so far is durable."""
         self.roll()
         await self._idle.wait()
-        self._raise_if_failed()
+        self.raise_if_failed()
 
     async def close(self) -> None:
         """Commit what is open, then stop; raises if something could not be made durable."""
@@ -164,16 +166,21 @@ class SegmentWriter:
         return seq
 
     @property
+    def open_records(self) -> int:
+        """Records appended but not yet durable."""
+        return self.next_seq - 1 - self.committed_seq
+
+    @property
     def has_room(self) -> bool:
         return self._room.is_set()
 
     async def wait_for_room(self) -> None:
         """Wait while finished segments waiting for upload exceed `max_pending_bytes`."""
         await self._room.wait()
-        self._raise_if_failed()
+        self.raise_if_failed()
 
     def _seq_for(self, captured_ns: int) -> int:
-        self._raise_if_failed()
+        self.raise_if_failed()
         if captured_ns >= self._partition_end and self._builder is not None:
             self.roll()  # a segment never spans two partitions
         if self._builder is None:
@@ -189,7 +196,9 @@ class SegmentWriter:
         assert builder is not None
         builder.add(record)
         self._last_token = token
-        if builder.size >= self.policy.max_bytes:
+        if builder.size >= self.policy.max_bytes or (
+            self.policy.max_records is not None and builder.records >= self.policy.max_records
+        ):
             self.roll()
 
     # ---- rolling and uploading -------------------------------------------------------------
@@ -244,6 +253,7 @@ class SegmentWriter:
             raise
         except BaseException as err:
             self.error = err
+            self.failed.set()
             log.error("archive write failed", extra={"source": str(self.source), "error": str(err)})
             self._room.set()  # wake waiters so they see the error
             self._idle.set()
@@ -301,6 +311,6 @@ class SegmentWriter:
                 )
             )
 
-    def _raise_if_failed(self) -> None:
+    def raise_if_failed(self) -> None:
         if self.error is not None:
             raise ArchiveWriteFailed(f"archive of {self.source} stopped: {self.error}") from self.error

@@ -1,0 +1,123 @@
+"""`warren archive`: every configured source at once, each on its own connection, until SIGTERM/SIGINT.
+
+Shutdown is ordered: stop consuming, commit the open segments, acknowledge what they hold, close.
+One source failing for good (the archive cannot be written) stops them all, in the same order, and
+the process exits non-zero; messages not yet durable stay in the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import replace
+
+from bridge.archive.record import Source, SourceKind
+from bridge.archive.writer import RollPolicy, SegmentWriter
+from bridge.archiver.definitions import DefinitionsRecorder
+from bridge.archiver.queue_source import QueueSource
+from bridge.archiver.stream_source import StreamSource
+from bridge.config import ArchiverConfig, QueueSourceConfig
+from bridge.errors import ConfigError
+from sinks import Sink, open_sink
+
+log = logging.getLogger("warren.archiver")
+
+PROGRESS_EVERY = 30.0
+
+
+def _writer(sink: Sink, config: ArchiverConfig, source: QueueSourceConfig | object) -> SegmentWriter:
+    policy = RollPolicy(max_bytes=config.archive.segment_max_bytes, max_age=config.archive.segment_max_age)
+    if isinstance(source, QueueSourceConfig):
+        archive_source = Source(source.vhost, SourceKind.QUEUE, source.queue)
+        if source.ack_mode == "on-confirm" and source.mode != "snapshot":
+            # The broker sends nothing past prefetch-count unacknowledged messages, and we acknowledge
+            # only durable ones: commit at half the window so deliveries never stall on a full one.
+            policy = replace(policy, max_records=max(1, source.prefetch_count // 2))
+    else:
+        archive_source = Source(source.vhost, SourceKind.STREAM, source.stream)  # type: ignore[attr-defined]
+    return SegmentWriter(sink, archive_source, policy=policy)
+
+
+async def run_archiver(config: ArchiverConfig, *, snapshot: bool = False) -> None:
+    if len(config.archive.sinks) != 1:
+        raise ConfigError(
+            "exactly one sink is supported for now (several, with write-quorum, come next)", key="archive.sinks"
+        )
+    if snapshot:
+        if any(not isinstance(s, QueueSourceConfig) for s in config.sources):
+            raise ConfigError("--snapshot copies queues; a stream is non-destructive already: archive it without")
+        config = replace(config, sources=tuple(replace(s, mode="snapshot") for s in config.sources))
+    sink = open_sink(config.archive.sinks[0])
+    await sink.check()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    writers: list[SegmentWriter] = []
+    try:
+        sources: list[QueueSource | StreamSource] = []
+        for source_config in config.sources:
+            writer = _writer(sink, config, source_config)
+            await writer.start()
+            writers.append(writer)
+            if isinstance(source_config, QueueSourceConfig):
+                sources.append(QueueSource(source_config, writer, stopping))
+            else:
+                sources.append(StreamSource(source_config, writer, stopping))
+        await _run_sources(config, sink, sources, stopping, with_definitions=not snapshot)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        for writer in writers:
+            with contextlib.suppress(Exception):
+                await writer.close()
+        await sink.close()
+
+
+async def _run_sources(
+    config: ArchiverConfig,
+    sink: Sink,
+    sources: list[QueueSource | StreamSource],
+    stopping: asyncio.Event,
+    *,
+    with_definitions: bool,
+) -> None:
+    tasks = {asyncio.create_task(s.run(), name=s.name): s for s in sources}
+    helpers = [asyncio.create_task(_report_progress(sources, stopping))]
+    if with_definitions and config.archive.definitions_interval > 0:
+        recorder = DefinitionsRecorder(
+            config.broker.management_uri, sink, config.archive.definitions_interval, stopping
+        )
+        helpers.append(asyncio.create_task(recorder.run(), name="definitions"))
+    pending = set(tasks)
+    failure: BaseException | None = None
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None and failure is None:
+                    failure = task.exception()
+                    log.error("source failed; stopping all sources", extra={"source": tasks[task].name})
+                    stopping.set()  # the others stop in order: commit, acknowledge, close
+    finally:
+        stopping.set()
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        for s in sources:
+            log.info("source stopped", extra={"source": s.name, "archived": s.archived})
+    if failure is not None:
+        raise failure
+
+
+async def _report_progress(sources: list[QueueSource | StreamSource], stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), PROGRESS_EVERY)
+        for s in sources:
+            log.info(
+                "progress",
+                extra={"source": s.name, "archived": s.archived, "committed_seq": s.writer.committed_seq},
+            )
