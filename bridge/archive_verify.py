@@ -32,6 +32,9 @@ class SourceReport:
 async def verify_archive(sink: Sink, out: Callable[[str], None] = print) -> list[SourceReport]:
     reports = []
     segments = await list_segments(sink)
+    if not segments:
+        out(f"no segments in {sink.url}: nothing to verify (is this the archive's root?)")
+        return reports
     for source, group in groupby(segments, key=lambda s: s.source):
         report = SourceReport(source)
         expected: int | None = 1  # sequences start at 1 and segments tile them without gaps

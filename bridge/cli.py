@@ -70,6 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--snapshot", action="store_true", help="copy what the queues hold now without consuming it, then exit"
     )
 
+    replay = commands.add_parser(
+        "replay", help="republish an archive, or a point in time of it, into a broker (the reverse bridge)"
+    )
+    replay.add_argument("--archive", metavar="URI", required=True, help="archive URI or path")
+    replay.add_argument("--target", metavar="AMQP_URI", required=True, help="the broker to restore into")
+    when = replay.add_mutually_exclusive_group()
+    when.add_argument("--at", metavar="T", help="every message captured at or before T (RFC 3339, or -15m)")
+    when.add_argument("--since", metavar="T", help="window start (with or without --until)")
+    replay.add_argument("--until", metavar="T", help="window end")
+    replay.add_argument("--source", metavar="NAME", action="append", default=[], help="only this queue or stream")
+    replay.add_argument("--definitions", action="store_true", help="first restore the topology saved before T")
+    replay.add_argument("--with-users", action="store_true", help="with --definitions: users and permissions too")
+    replay.add_argument("--target-management-uri", metavar="URI", help="default: http://target-host:15672")
+    replay.add_argument("--target-stream-uri", metavar="URI", help="default: rabbitmq-stream://target-host:5552")
+    replay.add_argument(
+        "--via-exchange", action="store_true", help="republish to the original exchange and routing key"
+    )
+    for kind in ("vhost", "queue", "exchange"):
+        replay.add_argument(
+            f"--map-{kind}", metavar="A=B", action="append", default=[], help=f"replay {kind} A as {kind} B"
+        )
+    replay.add_argument("--keep-duplicates", action="store_true", help="keep redelivered copies the archiver marked")
+    replay.add_argument("--rate", metavar="N", type=float, help="at most N messages per second")
+    replay.add_argument("--state", metavar="FILE", help="checkpoint progress here; a rerun continues from it")
+    replay.add_argument("--dry-run", action="store_true", help="list what would be replayed; publish nothing")
+    replay.add_argument("--follow", action="store_true", help="after catching up, keep replaying new segments")
+    replay.add_argument("--skip-corrupt", action="store_true", help="skip corrupt segments, report them at the end")
+
     verify = commands.add_parser("verify", help="check every segment's checksums, footers and sequence continuity")
     verify.add_argument("archive", metavar="ARCHIVE", help="archive URI or path")
     return parser
@@ -131,7 +159,14 @@ def _archive(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-HANDLERS = {"archive": _archive, "demo": _demo, "ls": _ls, "inspect": _inspect, "verify": _verify}
+def _replay(args: argparse.Namespace) -> int:
+    from bridge.replay.service import options_from_args, run_replay
+
+    run(run_replay(options_from_args(args)))
+    return EXIT_OK
+
+
+HANDLERS = {"replay": _replay, "archive": _archive, "demo": _demo, "ls": _ls, "inspect": _inspect, "verify": _verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

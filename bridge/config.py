@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from bridge.errors import ConfigError
 from bridge.timespec import parse_time
+from protocol.management import ManagementClient, ManagementError
 
 Mode = Literal["move", "tap", "snapshot"]
 AckMode = Literal["on-confirm", "on-publish", "no-ack"]
@@ -24,13 +25,14 @@ MODES: tuple[Mode, ...] = ("move", "tap", "snapshot")
 ACK_MODES: tuple[AckMode, ...] = ("on-confirm", "on-publish", "no-ack")
 DEFAULT_PREFETCH = 1000  # as the Shovel plugin
 DEFAULT_RECONNECT_DELAY = 5.0  # seconds, as the Shovel plugin
+DEFAULT_STREAM_PORT = 5552
 
 
 @dataclass(frozen=True)
 class BrokerConfig:
     uri: str
     management_uri: str
-    stream_uri: str
+    stream_uri: str | None  # None: ask the management API for the stream port (see resolve_stream_uri)
 
 
 @dataclass(frozen=True)
@@ -68,13 +70,10 @@ class StreamOffset:
 @dataclass(frozen=True)
 class StreamSourceConfig:
     stream: str
-    uri: str  # rabbitmq-stream://
+    vhost: str
+    uri: str | None  # rabbitmq-stream://; None until resolved from the broker's management API
     offset: StreamOffset = field(default_factory=StreamOffset)
     reconnect_delay: float = DEFAULT_RECONNECT_DELAY
-
-    @property
-    def vhost(self) -> str:
-        return vhost_of(self.uri)
 
 
 SourceConfig = QueueSourceConfig | StreamSourceConfig
@@ -90,6 +89,22 @@ class ArchiverConfig:
 def vhost_of(uri: str) -> str:
     path = urlsplit(uri).path
     return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+async def resolve_stream_uri(amqp_uri: str, management_uri: str) -> str:
+    """The broker's stream endpoint: its host and credentials, on the port its management API reports
+    for the stream protocol (5552 if it cannot tell)."""
+    try:
+        async with ManagementClient(management_uri) as management:
+            port = await management.listener_port("stream")
+    except ManagementError:
+        port = None
+    return derived_uri(amqp_uri, "rabbitmq-stream", port or DEFAULT_STREAM_PORT, keep_vhost=True)
+
+
+def with_vhost(uri: str, vhost: str) -> str:
+    parts = urlsplit(uri)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, ""))
 
 
 def derived_uri(amqp_uri: str, scheme: str, port: int, *, keep_vhost: bool) -> str:
@@ -203,7 +218,7 @@ def _broker(t: _Table) -> BrokerConfig:
     if not uri.startswith(("amqp://", "amqps://")):
         raise t.fail("uri", "expected an amqp:// or amqps:// URI")
     management = t.uri("management-uri", None) or derived_uri(uri, "http", 15672, keep_vhost=False)
-    stream = t.uri("stream-uri", None) or derived_uri(uri, "rabbitmq-stream", 5552, keep_vhost=True)
+    stream = t.uri("stream-uri", None)
     t.done()
     return BrokerConfig(uri, management, stream)
 
@@ -228,9 +243,11 @@ def _source(t: _Table, broker: BrokerConfig) -> SourceConfig:
     reconnect = t.positive("reconnect-delay", DEFAULT_RECONNECT_DELAY)
     if "src-stream" in t.data:
         stream = t.take("src-stream", str)
+        src_uri = t.uri("src-uri", None) or broker.stream_uri
         config: SourceConfig = StreamSourceConfig(
             stream=stream,
-            uri=t.uri("src-uri", None) or broker.stream_uri,
+            vhost=vhost_of(src_uri or broker.uri),
+            uri=src_uri,
             offset=_offset(t),
             reconnect_delay=reconnect,
         )

@@ -286,6 +286,11 @@ class Channel:
         return self._tracker.outstanding if self._tracker else 0
 
     @property
+    def published_seq(self) -> int:
+        """The confirm sequence number of the latest publish (0 without confirms)."""
+        return self._tracker.published if self._tracker else 0
+
+    @property
     def confirmed_through(self) -> int:
         """Every sequence number up to this one has been acked or nacked by the broker."""
         return self._tracker.low if self._tracker else 0

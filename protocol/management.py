@@ -74,6 +74,22 @@ class ManagementClient:
     async def load_definitions(self, definitions: dict[str, Any]) -> None:
         await self._request("POST", "/api/definitions", definitions)
 
+    async def vhosts(self) -> list[dict[str, Any]]:
+        return await self._request("GET", "/api/vhosts")
+
+    async def grant_all(self, vhost: str, user: str) -> None:
+        """configure, write and read on everything in `vhost` for `user`."""
+        body = {"configure": ".*", "write": ".*", "read": ".*"}
+        await self._request("PUT", f"/api/permissions/{_seg(vhost)}/{_seg(user)}", body)
+
+    async def listener_port(self, protocol: str) -> int | None:
+        """The port the broker listens on for `protocol` ("stream", "amqp", ...), if it says."""
+        overview = await self.overview()
+        for listener in overview.get("listeners", []):
+            if listener.get("protocol") == protocol:
+                return int(listener["port"])
+        return None
+
     async def overview(self) -> dict[str, Any]:
         return await self._request("GET", "/api/overview")
 

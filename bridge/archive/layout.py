@@ -5,14 +5,17 @@
     <prefix>/_definitions/<YYYY>/<MM>/<DD>/<capture time ns, 20 digits>.json.zst
 
 Vhost and source names are percent-encoded (UTF-8) so that any name RabbitMQ allows maps to one safe
-path segment and back: everything but ASCII letters, digits, '-', '.', '_' and '~' is escaped, and so
-is a leading '.' or '_' (no '.', '..' or hidden names; '_' at the top is warren's own).
+path segment and back: ASCII letters, digits, '-', '.', '_', '~' and non-ASCII letters, marks, numbers,
+symbols and punctuation stay as they are (so a 255-byte name stays within one path segment); every
+other character is escaped, and so is a leading '.' or '_' (no '.', '..' or hidden names; '_' at the
+top is warren's own).
 Partitions are the UTC hour of the capture time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
@@ -24,12 +27,27 @@ DEFINITIONS = "_definitions"
 DEFINITIONS_SUFFIX = ".json.zst"
 
 
+MAX_SEGMENT_BYTES = 255  # a path segment on common filesystems and object stores
+
+
+class NameTooLong(ValueError):
+    """An escaped name would not fit one path segment."""
+
+
+def _kept(char: str) -> bool:
+    if char.isascii():
+        return char.isalnum() or char in "-._~"
+    return unicodedata.category(char)[0] not in "CZ"  # letters, marks, numbers, symbols, punctuation
+
+
 def escape(name: str) -> str:
     if name == "":
         return "%"  # never a valid queue or vhost name; a lone '%' is never produced by escaping
-    escaped = quote(name, safe="")
+    escaped = "".join(c if _kept(c) else quote(c, safe="") for c in name)
     if escaped[0] in "._":
         escaped = f"%{ord(escaped[0]):02X}" + escaped[1:]
+    if len(escaped.encode()) > MAX_SEGMENT_BYTES:
+        raise NameTooLong(f"{name!r} takes {len(escaped.encode())} bytes escaped, more than {MAX_SEGMENT_BYTES}")
     return escaped
 
 

@@ -23,7 +23,7 @@ from bridge.archive.checkpoint import Checkpoint, read_checkpoint, write_checkpo
 from bridge.archive.reader import list_segments, read_index
 from bridge.archive.record import Source, amqp_record_map, stream_record_map
 from bridge.archive.segment import DEFAULT_BLOCK_BYTES, SegmentBuilder
-from bridge.errors import EXIT_SINK, WarrenError
+from bridge.errors import EXIT_SINK, ConfigError, WarrenError
 from protocol.message import Message
 from sinks import ObjectExists, Sink, SinkError
 
@@ -87,6 +87,10 @@ class SegmentWriter:
         self.sink = sink
         self.source = source
         self.prefix = prefix
+        try:
+            layout.source_prefix(prefix, source)  # refuse at start a name that cannot be stored
+        except layout.NameTooLong as err:
+            raise ConfigError(f"cannot archive {source}: {err}") from None
         self.policy = policy or RollPolicy()
         self.on_durable = on_durable
         self.clock = clock
@@ -135,6 +139,7 @@ class SegmentWriter:
 
     async def flush(self) -> None:
         """Roll the open segment and wait until everything appended so far is durable."""
+        self.raise_if_failed()
         self.roll()
         await self._idle.wait()
         self.raise_if_failed()
@@ -142,8 +147,7 @@ class SegmentWriter:
     async def close(self) -> None:
         """Commit what is open, then stop; raises if something could not be made durable."""
         try:
-            if self.error is None:
-                await self.flush()
+            await self.flush()
         finally:
             for task in (self._ager, self._uploader):
                 if task is not None:

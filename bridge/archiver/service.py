@@ -18,7 +18,7 @@ from bridge.archive.writer import RollPolicy, SegmentWriter
 from bridge.archiver.definitions import DefinitionsRecorder
 from bridge.archiver.queue_source import QueueSource
 from bridge.archiver.stream_source import StreamSource
-from bridge.config import ArchiverConfig, QueueSourceConfig
+from bridge.config import ArchiverConfig, QueueSourceConfig, resolve_stream_uri, with_vhost
 from bridge.errors import ConfigError
 from sinks import Sink, open_sink
 
@@ -49,6 +49,7 @@ async def run_archiver(config: ArchiverConfig, *, snapshot: bool = False) -> Non
         if any(not isinstance(s, QueueSourceConfig) for s in config.sources):
             raise ConfigError("--snapshot copies queues; a stream is non-destructive already: archive it without")
         config = replace(config, sources=tuple(replace(s, mode="snapshot") for s in config.sources))
+    config = await _resolve_stream_uris(config)
     sink = open_sink(config.archive.sinks[0])
     await sink.check()
     stopping = asyncio.Event()
@@ -74,6 +75,19 @@ async def run_archiver(config: ArchiverConfig, *, snapshot: bool = False) -> Non
             with contextlib.suppress(Exception):
                 await writer.close()
         await sink.close()
+
+
+async def _resolve_stream_uris(config: ArchiverConfig) -> ArchiverConfig:
+    if all(isinstance(s, QueueSourceConfig) or s.uri for s in config.sources):
+        return config
+    default = await resolve_stream_uri(config.broker.uri, config.broker.management_uri)
+    return replace(
+        config,
+        sources=tuple(
+            s if isinstance(s, QueueSourceConfig) or s.uri else replace(s, uri=with_vhost(default, s.vhost))
+            for s in config.sources
+        ),
+    )
 
 
 async def _run_sources(

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from rstream import Consumer, ConsumerOffsetSpecification, OffsetType
 from rstream.consumer import MessageContext
@@ -20,7 +19,9 @@ from rstream.exceptions import AuthenticationFailure, StreamDoesNotExist
 from bridge.archive.writer import Durable, SegmentWriter
 from bridge.archiver.backoff import Backoff
 from bridge.config import StreamOffset, StreamSourceConfig
-from bridge.errors import ConfigError, WarrenError
+from bridge.errors import WarrenError
+from protocol.errors import InvalidURI
+from protocol.stream import StreamEndpoint
 
 log = logging.getLogger("warren.archiver")
 
@@ -38,24 +39,12 @@ class StreamSourceError(WarrenError):
     exit_code = 3
 
 
-def consumer_for(uri: str, name: str) -> Consumer:
-    parts = urlsplit(uri)
-    if parts.scheme not in ("rabbitmq-stream", "rabbitmq-stream+tls") or not parts.hostname:
-        raise ConfigError(f"stream URI must be rabbitmq-stream://user:pass@host:5552/vhost, got {parts.scheme}://...")
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return Consumer(
-        parts.hostname,
-        parts.port or 5552,
-        username=unquote(parts.username or "guest"),
-        password=unquote(parts.password or "guest"),
-        vhost=vhost,
-        connection_name=name,
-    )
-
-
 class StreamSource:
     def __init__(self, config: StreamSourceConfig, writer: SegmentWriter, stopping: asyncio.Event) -> None:
+        if config.uri is None:
+            raise ValueError("a stream source needs its URI resolved first (resolve_stream_uri)")
         self.config = config
+        self.endpoint = StreamEndpoint.parse(config.uri)
         self.writer = writer
         self.stopping = stopping
         self.archived = 0
@@ -93,7 +82,7 @@ class StreamSource:
             except (TimeoutError, OSError, ConnectionError) as err:
                 log.warning("stream connection lost", extra={"source": self.name, "reason": str(err) or repr(err)})
             except Exception as err:  # rstream raises a variety of its own errors on a lost connection
-                if isinstance(err, WarrenError):
+                if isinstance(err, (WarrenError, InvalidURI)):
                     raise
                 log.warning("stream connection lost", extra={"source": self.name, "reason": repr(err)})
             if self.stopping.is_set():
@@ -110,8 +99,8 @@ class StreamSource:
             log.warning("stream connection closed", extra={"source": self.name, "reason": str(info)})
             lost.set()
 
-        consumer = consumer_for(self.config.uri, f"warren archiver: {self.config.stream}")
-        consumer._on_close_handler = on_close  # rstream takes it only in __init__, which consumer_for owns
+        consumer = self.endpoint.consumer(f"warren archiver: {self.config.stream}")
+        consumer._on_close_handler = on_close  # rstream takes it only in __init__, which StreamEndpoint owns
         self._consumer = consumer
         try:
             offset = self.start_from()

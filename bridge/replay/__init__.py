@@ -1,0 +1,1 @@
+"""The reverse bridge: republish an archive, or a point in time of it, into a broker."""

@@ -1,0 +1,128 @@
+"""Republish a queue source's records over AMQP 0-9-1, byte-identical, with publisher confirms.
+
+By default each record goes straight back into the queue of the same name (default exchange), which
+restores the queue's content exactly; with `via_exchange` to its original exchange and routing key.
+Every publish is mandatory: a return or a nack names the message and stops the source.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from bridge.archive.layout import SegmentKey
+from bridge.archive.record import Record, RecordKind
+from bridge.errors import WarrenError
+from bridge.replay.outcome import DuplicateFilter, SourceOutcome
+from bridge.replay.pacing import RateLimit
+from bridge.replay.state import SourceProgress
+from protocol import connect
+from protocol.errors import PublishNacked
+from protocol.events import Confirm, Returned
+
+NO_ROUTE = 312
+NO_ROUTE_HINT = " (does the queue exist on the target? --definitions restores it)"
+SAVE_EVERY = 0.25  # seconds between state-file writes while publishing
+
+
+class ReplayRefused(WarrenError):
+    """The target refused a message (returned as unroutable, or nacked): the source stops there."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class QueueRoute:
+    vhost_uri: str  # the target broker, with the vhost this source goes to
+    queue: str  # the target queue (after --map-queue)
+    via_exchange: bool = False
+    exchange_map: dict[str, str] | None = None
+
+    def address(self, record: Record) -> tuple[str, str]:
+        if not self.via_exchange:
+            return "", self.queue
+        exchange = (self.exchange_map or {}).get(record.exchange, record.exchange)
+        return exchange, record.routing_key
+
+
+async def replay_queue(
+    records: AsyncIterator[tuple[SegmentKey, Record]],
+    route: QueueRoute,
+    outcome: SourceOutcome,
+    progress: SourceProgress,
+    save_state: Callable[[], None],
+    *,
+    keep_duplicates: bool = False,
+    rate: RateLimit | None = None,
+    confirm_window: int = 1000,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> None:
+    duplicates = DuplicateFilter()
+    conn = await connect(route.vhost_uri, name="warren replay")
+    try:
+        channel = await conn.channel()
+        await channel.confirm_select(window=confirm_window)
+        refused: list[str] = []
+
+        def on_return(event: Returned) -> None:
+            m = event.message
+            refused.append(
+                f"message {m.properties.message_id or '(no message-id)'} to exchange {m.exchange!r} with routing key "
+                f"{m.routing_key!r} was returned: {event.reply_code} {event.reply_text}"
+                + (NO_ROUTE_HINT if event.reply_code == NO_ROUTE else "")
+            )
+
+        def on_confirm(event: Confirm) -> None:
+            if not event.ack:
+                refused.append(f"the target refused (nacked) publish #{event.delivery_tag}")
+
+        channel.on_return = on_return
+        channel.on_confirm = on_confirm
+        in_flight: deque[tuple[int, int]] = deque()  # (confirm sequence, archive sequence)
+        last_save = time.monotonic()
+
+        def settle() -> None:
+            through = channel.confirmed_through
+            while in_flight and in_flight[0][0] <= through:
+                progress.confirmed_seq = in_flight.popleft()[1]
+
+        async for segment, record in records:
+            if refused:
+                break
+            if record.kind is not RecordKind.AMQP091:
+                raise ReplayRefused(f"{segment.key}: record #{record.seq} is not an AMQP 0-9-1 message")
+            if not keep_duplicates and duplicates.is_duplicate(record):
+                outcome.skipped_duplicates += 1
+                in_flight.append((channel.published_seq, record.seq))
+                continue
+            if rate is not None:
+                await rate.take()
+            exchange, routing_key = route.address(record)
+            seq = await channel.publish(
+                exchange, routing_key, record.body, raw_properties=record.raw_properties, mandatory=True
+            )
+            in_flight.append((seq, record.seq))
+            progress.published_seq = record.seq
+            outcome.replayed += 1
+            outcome.bytes += len(record.body)
+            outcome.covered(record)
+            if on_progress is not None:
+                on_progress(1, len(record.body))
+            now = time.monotonic()
+            if now - last_save >= SAVE_EVERY:
+                settle()
+                save_state()
+                last_save = now
+        if not refused:
+            try:
+                await channel.wait_for_confirms()
+            except PublishNacked as err:
+                refused.append(f"the target refused (nacked) {len(err.delivery_tags)} message(s)")
+        settle()
+        save_state()
+        if refused:
+            raise ReplayRefused(f"{outcome.source}: " + refused[0])
+    finally:
+        await conn.close()
