@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the main job on a sample, on a private broker, and print what was verified"
     )
     demo.add_argument("--broker", metavar="URI", help="use this broker instead of starting a private node")
-    demo.add_argument("--count", type=int, default=1000, help="sample messages (default: 1000)")
+    demo.add_argument("--count", type=int, default=1000, help="sample messages per batch (default: 1000)")
+    demo.add_argument("--archive", default="warren-archive", help="archive directory (default: ./warren-archive)")
 
     ls = commands.add_parser("ls", help="list the sources an archive holds, with counts, sizes and time ranges")
     ls.add_argument("archive", metavar="ARCHIVE", help="archive URI (file:///var/lib/warren, s3://...) or path")
@@ -104,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from bridge.demo import run_demo
 
-    checks = run(run_demo(args.broker, args.count))
+    checks = run(run_demo(args.broker, args.count, Path(args.archive)))
     return EXIT_OK if checks.failed == 0 else 1
 
 

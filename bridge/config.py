@@ -318,13 +318,15 @@ def config_from_args(
     ack_mode: AckMode = "on-confirm",
     prefetch_count: int = DEFAULT_PREFETCH,
     offset: str = "first",
+    segment_max_age: float | None = None,
 ) -> ArchiverConfig:
     """The simple case, without a file: `warren archive --broker URI --queue Q --stream S --sink URI`."""
     data: dict[str, Any] = {
         "broker": {"uri": broker_uri}
         | ({"management-uri": management_uri} if management_uri else {})
         | ({"stream-uri": stream_uri} if stream_uri else {}),
-        "archive": {"sinks": list(sinks) or list(ArchiveSettings.sinks)},
+        "archive": {"sinks": list(sinks) or list(ArchiveSettings.sinks)}
+        | ({"segment-max-age": segment_max_age} if segment_max_age else {}),
         "source": [
             {"src-queue": q, "mode": mode, "ack-mode": ack_mode, "prefetch-count": prefetch_count} for q in queues
         ]

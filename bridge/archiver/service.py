@@ -40,7 +40,10 @@ def _writer(sink: Sink, config: ArchiverConfig, source: QueueSourceConfig | obje
     return SegmentWriter(sink, archive_source, policy=policy)
 
 
-async def run_archiver(config: ArchiverConfig, *, snapshot: bool = False) -> None:
+async def run_archiver(
+    config: ArchiverConfig, *, snapshot: bool = False, stopping: asyncio.Event | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT, or until `stopping` is set (for callers embedding the archiver)."""
     if len(config.archive.sinks) != 1:
         raise ConfigError(
             "exactly one sink is supported for now (several, with write-quorum, come next)", key="archive.sinks"
@@ -52,7 +55,7 @@ async def run_archiver(config: ArchiverConfig, *, snapshot: bool = False) -> Non
     config = await _resolve_stream_uris(config)
     sink = open_sink(config.archive.sinks[0])
     await sink.check()
-    stopping = asyncio.Event()
+    stopping = stopping or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
