@@ -41,8 +41,10 @@ class Checkpoint:
     def decode(cls, data: bytes, key: str) -> Checkpoint:
         try:
             m: dict[str, Any] = msgpack.unpackb(data, raw=False)
+            if m.get("format") != 1:
+                raise ValueError(f"unsupported checkpoint format {m.get('format')!r}")
             return cls(m["last_seq"], m["last_offset"], m["last_segment"], m["last_captured_ns"], m["written_ns"])
-        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, msgpack.UnpackException) as err:
             raise ArchiveCorrupt(f"checkpoint is unreadable: {err}", segment=key) from err
 
 

@@ -55,6 +55,23 @@ def unescape(segment: str) -> str:
     return "" if segment == "%" else unquote(segment, errors="strict")
 
 
+def canonical_unescape(segment: str) -> str:
+    """Unescape, refusing (ValueError) any form `escape` would not have written, so that one source
+    never appears under two directories."""
+    name = unescape(segment)
+    if escape(name) != segment:
+        raise ValueError(f"{segment!r} is not an escaped name warren writes")
+    return name
+
+
+def _under(prefix: str, key: str) -> str | None:
+    """`key` relative to `prefix`, or None if it does not lie under it."""
+    base = join(prefix)
+    if not base:
+        return key
+    return key[len(base) + 1 :] if key.startswith(base + "/") else None
+
+
 def join(prefix: str, *parts: str) -> str:
     return "/".join(p for p in (prefix.strip("/"), *parts) if p)
 
@@ -98,7 +115,9 @@ class SegmentKey:
 
 def parse_segment_key(prefix: str, key: str) -> SegmentKey | None:
     """The parts of a segment key under `prefix`, or None for anything else (checkpoints, temp files)."""
-    rest = key[len(join(prefix)) :].lstrip("/") if prefix.strip("/") else key
+    rest = _under(prefix, key)
+    if rest is None:
+        return None
     parts = rest.split("/")
     if len(parts) != 8:
         return None
@@ -108,7 +127,7 @@ def parse_segment_key(prefix: str, key: str) -> SegmentKey | None:
         return None
     try:
         when = dt.datetime(int(year), int(month), int(day), int(hour), tzinfo=dt.UTC)
-        source = Source(unescape(vhost), SourceKind(kind), unescape(name))
+        source = Source(canonical_unescape(vhost), SourceKind(kind), canonical_unescape(name))
     except (ValueError, UnicodeDecodeError):
         return None
     return SegmentKey(key, source, int(when.timestamp()) * 1_000_000_000, first_seq)
@@ -116,11 +135,13 @@ def parse_segment_key(prefix: str, key: str) -> SegmentKey | None:
 
 def parse_source_prefix(prefix: str, key: str) -> Source | None:
     """The source whose directory `key` lies in, if it lies in one."""
-    rest = key[len(join(prefix)) :].lstrip("/") if prefix.strip("/") else key
+    rest = _under(prefix, key)
+    if rest is None:
+        return None
     parts = rest.split("/")
     if len(parts) < 4 or parts[1] not in (SourceKind.QUEUE, SourceKind.STREAM):
         return None
     try:
-        return Source(unescape(parts[0]), SourceKind(parts[1]), unescape(parts[2]))
-    except UnicodeDecodeError:
+        return Source(canonical_unescape(parts[0]), SourceKind(parts[1]), canonical_unescape(parts[2]))
+    except ValueError:  # UnicodeDecodeError included
         return None

@@ -21,6 +21,8 @@ from sinks import Sink
 
 TAIL_GUESS = 64 * 1024  # one read usually brings the trailer and the whole footer
 HOUR_NS = 3600 * 1_000_000_000
+# A stream record's time is the broker's clock, its partition the archiver's: allow for skew between them.
+CLOCK_SKEW_NS = 300 * 1_000_000_000
 
 
 async def list_segments(sink: Sink, prefix: str = "", source: Source | None = None) -> list[SegmentKey]:
@@ -64,9 +66,9 @@ class TimeRange:
     until_ns: int | None = None
 
     def may_hold(self, seg: SegmentKey) -> bool:
-        # Partitions are by capture time, and a record's time is never after its capture time
-        # (a stream chunk is stored before we read it), so only `since` can prune by partition.
-        return self.since_ns is None or seg.hour_ns + HOUR_NS > self.since_ns
+        # Partitions are by capture time, and a record's time is not after its capture time (a stream
+        # chunk is stored before we read it; up to clock skew), so only `since` can prune by partition.
+        return self.since_ns is None or seg.hour_ns + HOUR_NS + CLOCK_SKEW_NS > self.since_ns
 
     def overlaps(self, index: SegmentIndex) -> bool:
         if self.since_ns is not None and index.max_time_ns < self.since_ns:

@@ -238,7 +238,12 @@ def parse_header(data: bytes, name: str) -> tuple[dict[str, Any], int]:
     body = data[HEADER_FIXED:end]
     if len(body) != length or crc32c(body) != crc:
         raise ArchiveCorrupt("header checksum mismatch", segment=name, offset=HEADER_FIXED)
-    header = msgpack.unpackb(body, raw=False)
+    try:
+        header = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException) as err:
+        raise ArchiveCorrupt(f"header is not a msgpack map: {err}", segment=name, offset=HEADER_FIXED) from err
+    if not isinstance(header, dict):
+        raise ArchiveCorrupt("header is not a msgpack map", segment=name, offset=HEADER_FIXED)
     if header.get("format") != FORMAT_VERSION:
         raise ArchiveCorrupt(f"unsupported format version {header.get('format')!r}", segment=name, offset=0)
     if header.get("codec") != CODEC:
