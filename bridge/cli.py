@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--follow", action="store_true", help="after catching up, keep replaying new segments")
     replay.add_argument("--skip-corrupt", action="store_true", help="skip corrupt segments, report them at the end")
 
+    sync = commands.add_parser("sync", help="copy what one archive lacks from another (migration, repair)")
+    sync.add_argument("source", metavar="SRC_ARCHIVE", help="archive URI or path to copy from")
+    sync.add_argument("destination", metavar="DST_ARCHIVE", help="archive URI or path to copy into")
+
     verify = commands.add_parser("verify", help="check every segment's checksums, footers and sequence continuity")
     verify.add_argument("archive", metavar="ARCHIVE", help="archive URI or path")
     return parser
@@ -169,7 +173,21 @@ def _replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-HANDLERS = {"replay": _replay, "archive": _archive, "demo": _demo, "ls": _ls, "inspect": _inspect, "verify": _verify}
+def _sync(args: argparse.Namespace) -> int:
+    from bridge.archive_sync import sync_uris
+
+    return EXIT_OK if run(sync_uris(args.source, args.destination)) else EXIT_CHECK_FAILED
+
+
+HANDLERS = {
+    "sync": _sync,
+    "replay": _replay,
+    "archive": _archive,
+    "demo": _demo,
+    "ls": _ls,
+    "inspect": _inspect,
+    "verify": _verify,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

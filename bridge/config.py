@@ -41,6 +41,7 @@ class ArchiveSettings:
     segment_max_bytes: int = 64 * 1024 * 1024
     segment_max_age: float = 60.0
     definitions_interval: float = 60.0  # seconds between polls of the broker's definitions; 0: never
+    write_quorum: int | None = None  # sinks that must hold a segment before it counts; None: all
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,15 @@ def _archive(t: _Table) -> ArchiveSettings:
     )
     t.done()
     return settings
+
+
+def _write_quorum(t: _Table, sinks: int) -> int | None:
+    value = t.take("write-quorum", (str, int), "all", '"all" or a number of sinks')
+    if value == "all":
+        return None
+    if isinstance(value, str) or not 1 <= value <= sinks:
+        raise t.fail("write-quorum", f'expected "all" or a number from 1 to {sinks} (the sinks listed), got {value!r}')
+    return value
 
 
 def _source(t: _Table, broker: BrokerConfig) -> SourceConfig:

@@ -30,6 +30,7 @@ from sinks import ObjectExists, Sink, SinkError
 log = logging.getLogger("warren.archive")
 
 HOUR_NS = 3600 * 1_000_000_000
+SINK_DOWN_REPORT = 60.0  # seconds of failure before the loud report, and between reports
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class SegmentWriter:
         on_durable: Callable[[Durable], None] | None = None,
         clock: Callable[[], int] = time.time_ns,
         retry_delays: tuple[float, ...] = (0.2, 0.5, 1, 2, 5, 10, 30),
+        max_attempts: int | None = None,
     ) -> None:
         self.sink = sink
         self.source = source
@@ -94,7 +96,8 @@ class SegmentWriter:
         self.policy = policy or RollPolicy()
         self.on_durable = on_durable
         self.clock = clock
-        self.retry_delays = retry_delays
+        self.retry_delays = retry_delays  # the last one repeats
+        self.max_attempts = max_attempts  # None: a transient failure is retried until it passes
         self.next_seq = 1
         self.committed_seq = 0
         self.committed_offset: int | None = None
@@ -263,7 +266,12 @@ class SegmentWriter:
             self._idle.set()
 
     async def _make_durable(self, segment: _Finished) -> None:
+        """Upload, then checkpoint. Transient failures are retried with capped backoff for as long as
+        they last (nothing is acknowledged meanwhile, so the broker keeps the messages); permanent
+        ones stop the writer."""
         attempt = 0
+        failing_since: float | None = None
+        last_report = 0.0
         while True:
             try:
                 await self._put_segment(segment)
@@ -275,16 +283,36 @@ class SegmentWriter:
                     self.clock(),
                 )
                 await write_checkpoint(self.sink, self.prefix, self.source, checkpoint)
+                if failing_since is not None:
+                    log.warning(
+                        "sink writable again",
+                        extra={"sink": self.sink.url, "after_s": round(time.monotonic() - failing_since, 1)},
+                    )
                 return
             except SinkError as err:
-                if not err.retryable or attempt >= len(self.retry_delays):
-                    raise ArchiveWriteFailed(f"cannot write {segment.key} to {self.sink.url}: {err}") from err
-                delay = self.retry_delays[attempt] * random.uniform(0.5, 1.0)
                 attempt += 1
-                log.warning(
-                    "sink write failed, retrying",
-                    extra={"sink": self.sink.url, "key": segment.key, "error": str(err), "retry_in": round(delay, 2)},
-                )
+                if not err.retryable or (self.max_attempts is not None and attempt >= self.max_attempts):
+                    raise ArchiveWriteFailed(f"cannot write {segment.key} to {self.sink.url}: {err}") from err
+                now = time.monotonic()
+                failing_since = failing_since or now
+                delay = self.retry_delays[min(attempt - 1, len(self.retry_delays) - 1)] * random.uniform(0.5, 1.0)
+                down = now - failing_since
+                if down >= SINK_DOWN_REPORT and now - last_report >= SINK_DOWN_REPORT:
+                    last_report = now
+                    log.error(
+                        "sink down: nothing is acknowledged until it is back; messages wait in the broker",
+                        extra={"sink": self.sink.url, "down_s": round(down), "error": str(err)},
+                    )
+                else:
+                    log.warning(
+                        "sink write failed, retrying",
+                        extra={
+                            "sink": self.sink.url,
+                            "key": segment.key,
+                            "error": str(err),
+                            "retry_in": round(delay, 2),
+                        },
+                    )
                 await asyncio.sleep(delay)
 
     async def _put_segment(self, segment: _Finished) -> None:

@@ -21,6 +21,7 @@ from bridge.archiver.stream_source import StreamSource
 from bridge.config import ArchiverConfig, QueueSourceConfig, resolve_stream_uri, with_vhost
 from bridge.errors import ConfigError
 from sinks import Sink, open_sink
+from sinks.mirror import MirroredSink
 
 log = logging.getLogger("warren.archiver")
 
@@ -44,17 +45,17 @@ async def run_archiver(
     config: ArchiverConfig, *, snapshot: bool = False, stopping: asyncio.Event | None = None
 ) -> None:
     """Run until SIGTERM/SIGINT, or until `stopping` is set (for callers embedding the archiver)."""
-    if len(config.archive.sinks) != 1:
-        raise ConfigError(
-            "exactly one sink is supported for now (several, with write-quorum, come next)", key="archive.sinks"
-        )
     if snapshot:
         if any(not isinstance(s, QueueSourceConfig) for s in config.sources):
             raise ConfigError("--snapshot copies queues; a stream is non-destructive already: archive it without")
         config = replace(config, sources=tuple(replace(s, mode="snapshot") for s in config.sources))
     config = await _resolve_stream_uris(config)
-    sink = open_sink(config.archive.sinks[0])
+    sink = open_archive_sinks(config.archive.sinks, config.archive.write_quorum)
     await sink.check()
+    reconciling: asyncio.Task[int] | None = None
+    if isinstance(sink, MirroredSink):
+        reconciling = asyncio.create_task(sink.reconcile())  # a member may have missed writes while we were down
+        reconciling.add_done_callback(_log_reconciled)
     stopping = stopping or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -77,7 +78,27 @@ async def run_archiver(
         for writer in writers:
             with contextlib.suppress(Exception):
                 await writer.close()
+        if reconciling is not None:
+            reconciling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciling
         await sink.close()
+
+
+def open_archive_sinks(uris: tuple[str, ...], write_quorum: int | None) -> Sink:
+    """One sink, or several mirrored with a write quorum."""
+    if len(uris) == 1:
+        return open_sink(uris[0])
+    return MirroredSink([open_sink(u) for u in uris], write_quorum)
+
+
+def _log_reconciled(task: asyncio.Task[int]) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is not None:
+        log.warning("could not compare the sinks at start", extra={"error": str(task.exception())})
+    elif task.result():
+        log.warning("sinks differ: catching up the objects some lack", extra={"objects": task.result()})
 
 
 async def _resolve_stream_uris(config: ArchiverConfig) -> ArchiverConfig:
