@@ -378,7 +378,7 @@ def test_transient_sink_failures_are_retried_until_the_data_is_durable(tmp_path)
 def test_a_sink_that_stays_unavailable_fails_the_writer_after_its_retries(tmp_path):
     async def scenario() -> None:
         sink = await open_sink(tmp_path, FlakySink, failures=100)
-        writer = SegmentWriter(sink, QUEUE, retry_delays=(0.01, 0.01))
+        writer = SegmentWriter(sink, QUEUE, retry_delays=(0.01, 0.01), max_attempts=3)
         await writer.start()
         writer.append_message(msg(1))
         with pytest.raises(ArchiveWriteFailed, match="injected fault"):
