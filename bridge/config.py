@@ -113,6 +113,8 @@ def derived_uri(amqp_uri: str, scheme: str, port: int, *, keep_vhost: bool) -> s
     parts = urlsplit(amqp_uri)
     userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
     host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"  # IPv6: urlsplit drops the brackets
     path = "/" + quote(vhost_of(amqp_uri), safe="") if keep_vhost else ""
     return urlunsplit((scheme, f"{userinfo}{host}:{port}", path, "", ""))
 
@@ -233,6 +235,7 @@ def _archive(t: _Table) -> ArchiveSettings:
         segment_max_bytes=t.positive("segment-max-bytes", ArchiveSettings.segment_max_bytes, integer=True),
         segment_max_age=t.positive("segment-max-age", ArchiveSettings.segment_max_age),
         definitions_interval=t.positive("definitions-interval", ArchiveSettings.definitions_interval, allow_zero=True),
+        write_quorum=_write_quorum(t, len(sinks)),
     )
     t.done()
     return settings

@@ -31,7 +31,7 @@ DOWN_REPORT = 60.0  # seconds a member may lag before the loud report, and betwe
 @dataclass
 class _Member:
     sink: Sink
-    lagging: dict[str, None] = field(default_factory=dict)  # keys to copy, in order of arrival
+    lagging: dict[str, int] = field(default_factory=dict)  # key -> version of the write it missed
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     down_since: float | None = None
     last_report: float = 0.0
@@ -50,6 +50,7 @@ class MirroredSink(Sink):
         self.members = [_Member(s) for s in sinks]
         self.write_quorum = quorum
         self._background: set[asyncio.Task[None]] = set()
+        self._version = 0  # orders writes of one key: an older write landing late must not hide a newer miss
         self._url = self._describe(sinks, quorum)
 
     @staticmethod
@@ -68,25 +69,39 @@ class MirroredSink(Sink):
     # ---- writing ----------------------------------------------------------------------------
 
     async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        self._version += 1
+        version = self._version
         done = asyncio.get_running_loop().create_future()
         successes = 0
         failures: list[SinkError] = []
         remaining = len(self.members)
+        written: list[_Member] = []
+        conflict = False
 
         async def one(member: _Member) -> None:
-            nonlocal successes, remaining
+            nonlocal successes, remaining, conflict
             try:
-                await self._put_member(member, key, data, if_absent)
+                await self._put_member(member, key, data, if_absent, version)
+            except ObjectExists as err:
+                failures.append(err)
+                conflict = True
             except SinkError as err:
                 failures.append(err)
                 if err.retryable:
-                    self._lag(member, key)
+                    self._lag(member, key, version)
                 else:
                     log.error("sink refused a write", extra={"sink": member.sink.url, "key": key, "error": str(err)})
             else:
                 successes += 1
+                written.append(member)
             finally:
                 remaining -= 1
+                if conflict:
+                    # Another object already stands under the key: members that took ours (they lacked
+                    # it) are set right from the others, and skipped by reads until then.
+                    for m in written:
+                        self._lag(m, key, version)
+                    written.clear()
                 if not done.done():
                     if successes >= self.write_quorum:
                         done.set_result(None)
@@ -99,14 +114,15 @@ class MirroredSink(Sink):
             task.add_done_callback(self._background.discard)
         await done
 
-    async def _put_member(self, member: _Member, key: str, data: bytes, if_absent: bool) -> None:
+    async def _put_member(self, member: _Member, key: str, data: bytes, if_absent: bool, version: int) -> None:
         try:
             await member.sink.put(key, data, if_absent=if_absent)
         except ObjectExists:
             # The member already has it: the same bytes (an earlier, unacknowledged try) count as written.
             if await member.sink.get(key) != data:
                 raise
-        member.lagging.pop(key, None)
+        if member.lagging.get(key, version + 1) <= version:
+            del member.lagging[key]  # only a write at least as new as the one it missed settles the lag
 
     def _quorum_error(self, key: str, failures: list[SinkError]) -> SinkError:
         reasons = "; ".join(str(f) for f in failures)
@@ -115,8 +131,8 @@ class MirroredSink(Sink):
             return type(permanent)(f"write-quorum {self.write_quorum} not met: {reasons}", sink=self.url, key=key)
         return SinkUnavailable(f"write-quorum {self.write_quorum} not met: {reasons}", sink=self.url, key=key)
 
-    def _lag(self, member: _Member, key: str) -> None:
-        member.lagging[key] = None
+    def _lag(self, member: _Member, key: str, version: int) -> None:
+        member.lagging[key] = max(version, member.lagging.get(key, 0))
         if member.down_since is None:
             member.down_since = time.monotonic()
             log.warning("sink fell behind; catching it up from the others", extra={"sink": member.sink.url})
@@ -127,12 +143,17 @@ class MirroredSink(Sink):
     async def _catch_up(self, member: _Member) -> None:
         attempt = 0
         while member.lagging:
-            key = next(iter(member.lagging))
+            key, version = next(iter(member.lagging.items()))
             try:
                 data = await self._get_from_others(member, key)
-                if data is not None:
-                    await member.sink.put(key, data)
-                member.lagging.pop(key, None)
+                if data is None:
+                    # No member has it yet: the write that it missed is still landing on the others.
+                    raise SinkUnavailable("no other member holds it yet", sink=member.sink.url, key=key)
+                await member.sink.put(key, data)
+                # A newer miss meanwhile keeps it queued (at the back); a newer write may have settled it.
+                current = member.lagging.pop(key, None)
+                if current is not None and current != version:
+                    member.lagging[key] = current
                 attempt = 0
             except SinkError as err:
                 self._report_down(member, err)
@@ -193,7 +214,7 @@ class MirroredSink(Sink):
         for member, listing in zip(self.members, listings, strict=True):
             missing = sorted(every) if listing is None else sorted(every - listing.keys())
             for key in missing:
-                self._lag(member, key)
+                self._lag(member, key, self._version)
                 queued += 1
         return queued
 
@@ -224,13 +245,22 @@ class MirroredSink(Sink):
         return await self._first(key, lambda s: s.get_range(key, start, length))
 
     async def head(self, key: str) -> ObjectInfo | None:
+        unavailable: SinkUnavailable | None = None
+        absent = 0
         for member in self.members:
             if key in member.lagging:
                 continue
-            with contextlib.suppress(SinkUnavailable):
+            try:
                 info = await member.sink.head(key)
-                if info is not None:
-                    return info
+            except SinkUnavailable as err:
+                unavailable = unavailable or err
+                continue
+            if info is not None:
+                return info
+            absent += 1
+        # Any write reached `write_quorum` members, so this many "absent" answers mean it was never written.
+        if unavailable is not None and absent < len(self.members) - self.write_quorum + 1:
+            raise unavailable
         return None
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:

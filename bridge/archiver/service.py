@@ -49,17 +49,25 @@ async def run_archiver(
         if any(not isinstance(s, QueueSourceConfig) for s in config.sources):
             raise ConfigError("--snapshot copies queues; a stream is non-destructive already: archive it without")
         config = replace(config, sources=tuple(replace(s, mode="snapshot") for s in config.sources))
-    config = await _resolve_stream_uris(config)
-    sink = open_archive_sinks(config.archive.sinks, config.archive.write_quorum)
-    await sink.check()
+    stopping = stopping or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)  # from the start: a stop during start-up is orderly too
+    try:
+        config = await _resolve_stream_uris(config)
+        async with open_archive_sinks(config.archive.sinks, config.archive.write_quorum) as sink:
+            await sink.check()
+            await _archive_into(sink, config, stopping, snapshot=snapshot)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _archive_into(sink: Sink, config: ArchiverConfig, stopping: asyncio.Event, *, snapshot: bool) -> None:
     reconciling: asyncio.Task[int] | None = None
     if isinstance(sink, MirroredSink):
         reconciling = asyncio.create_task(sink.reconcile())  # a member may have missed writes while we were down
         reconciling.add_done_callback(_log_reconciled)
-    stopping = stopping or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     writers: list[SegmentWriter] = []
     try:
         sources: list[QueueSource | StreamSource] = []
@@ -71,10 +79,9 @@ async def run_archiver(
                 sources.append(QueueSource(source_config, writer, stopping))
             else:
                 sources.append(StreamSource(source_config, writer, stopping))
-        await _run_sources(config, sink, sources, stopping, with_definitions=not snapshot)
+        if not stopping.is_set():
+            await _run_sources(config, sink, sources, stopping, with_definitions=not snapshot)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         for writer in writers:
             with contextlib.suppress(Exception):
                 await writer.close()
@@ -82,7 +89,6 @@ async def run_archiver(
             reconciling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconciling
-        await sink.close()
 
 
 def open_archive_sinks(uris: tuple[str, ...], write_quorum: int | None) -> Sink:

@@ -19,7 +19,7 @@ from rstream.exceptions import AuthenticationFailure, StreamDoesNotExist
 from bridge.archive.writer import Durable, SegmentWriter
 from bridge.archiver.backoff import Backoff
 from bridge.config import StreamOffset, StreamSourceConfig
-from bridge.errors import WarrenError
+from bridge.errors import EXIT_AUTH, EXIT_BROKER, WarrenError
 from protocol.errors import InvalidURI
 from protocol.stream import StreamEndpoint
 
@@ -36,7 +36,11 @@ _OFFSET_TYPES = {
 
 
 class StreamSourceError(WarrenError):
-    exit_code = 3
+    exit_code = EXIT_BROKER
+
+
+class StreamAuthenticationError(StreamSourceError):
+    exit_code = EXIT_AUTH
 
 
 class StreamSource:
@@ -73,7 +77,7 @@ class StreamSource:
                 await self._run_session(backoff)
             except AuthenticationFailure as err:
                 if not self._connected_once:
-                    raise StreamSourceError(f"{self.name}: the broker refused the credentials") from err
+                    raise StreamAuthenticationError(f"{self.name}: the broker refused the credentials") from err
                 log.error("stream broker refused the archiver", extra={"source": self.name})
             except StreamDoesNotExist as err:
                 if not self._connected_once:
