@@ -10,11 +10,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo test test-fast lint bench clean
 
-setup: $(STAMP) $(RABBITMQ_SERVER)
+AZURITE := .tools/node_modules/.bin/azurite-blob
+
+setup: $(STAMP) $(RABBITMQ_SERVER) $(AZURITE)
 
 $(RABBITMQ_SERVER):
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q rabbitmq-server
+
+# Azurite, the Azure Blob Storage emulator the Azure sink's tests run against, from npm into .tools/
+$(AZURITE):
+	npm install --prefix .tools --no-audit --no-fund azurite@3.35.0
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,4 +45,4 @@ bench: setup
 	$(BIN)/python bench/amqp_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis warren-archive
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .hypothesis warren-archive

@@ -59,19 +59,39 @@ def _open_file(uri: str) -> Sink:
     return LocalSink(Path(path))
 
 
-def _not_available_yet(name: str) -> Callable[[str], Sink]:
-    def factory(uri: str) -> Sink:
-        raise SinkConfigError(f"the {name} sink is not available yet", sink=redact_url(uri))
+# Each cloud backend imports its SDK only when a sink of its kind is opened.
 
-    return factory
+
+def _open_s3(uri: str) -> Sink:
+    try:
+        from sinks.s3 import S3Sink
+    except ImportError as err:
+        raise SinkConfigError(f"s3:// sinks need aiobotocore ({err})", sink=redact_url(uri)) from err
+    return S3Sink(uri)
+
+
+def _open_gcs(uri: str) -> Sink:
+    try:
+        from sinks.gcs import GCSSink
+    except ImportError as err:
+        raise SinkConfigError(f"gs:// sinks need google-cloud-storage ({err})", sink=redact_url(uri)) from err
+    return GCSSink.from_uri(uri)
+
+
+def _open_azure(uri: str) -> Sink:
+    try:
+        from sinks.azure import AzureBlobSink
+    except ImportError as err:
+        raise SinkConfigError(f"az:// sinks need azure-storage-blob ({err})", sink=redact_url(uri)) from err
+    return AzureBlobSink.from_uri(uri)
 
 
 # scheme -> factory taking the full URI (credentials included; a factory must redact them in errors).
 BACKENDS: dict[str, Callable[[str], Sink]] = {
     "file": _open_file,
-    "s3": _not_available_yet("S3"),
-    "gs": _not_available_yet("Google Cloud Storage"),
-    "az": _not_available_yet("Azure Blob Storage"),
+    "s3": _open_s3,
+    "gs": _open_gcs,
+    "az": _open_azure,
 }
 
 

@@ -52,6 +52,12 @@ def validate_key(key: str, *, sink: str, prefix: bool = False) -> str:
 
 def redact_url(uri: str) -> str:
     """`uri` without user info and with query values masked, safe for logs and error messages."""
+    scheme, sep, rest = uri.partition("://")
+    authority_end = len(rest.split("?", 1)[0].split("#", 1)[0])
+    at = rest.rfind("@", 0, authority_end)
+    if sep and at >= 0:
+        # User info may hold '/' (base64 keys), which urlsplit would take for the start of the path.
+        uri = f"{scheme}://***@{rest[at + 1 :]}"
     try:
         parts = urlsplit(uri)
     except ValueError:

@@ -1,7 +1,8 @@
 """The `sink` fixture: every backend the contract suite runs against.
 
 A backend joins by adding a `<name>_sink` fixture here and its name to `BACKENDS`; a cloud backend's
-fixture starts (or finds) its storage emulator and skips with a reason when there is none.
+fixture starts its storage emulator on loopback (installed by `make setup`) and lists, in
+`sink.emulator_gaps`, what the emulator does not do that the real service does.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import pytest
 
 from protocol.loop import run
 from sinks import LocalSink, Sink
+from tests.sinks.emulators_azure import azure_emulator, azure_sink  # noqa: F401 (fixtures, used by name)
+from tests.sinks.emulators_gcs import gcs_emulator, gcs_sink  # noqa: F401
+from tests.sinks.emulators_s3 import s3_emulator, s3_sink  # noqa: F401
 
-BACKENDS = ["local"]
+BACKENDS = ["local", "s3", "gcs", "azure"]
 
 
 @pytest.fixture

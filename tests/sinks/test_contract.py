@@ -58,7 +58,17 @@ def test_put_if_absent_creates_a_new_object(sink: Sink):
     assert run(body()) == b"state"
 
 
+def xfail_on_emulator_gap(sink: Sink, gap: str) -> None:
+    """An expected failure, shown as such, where the backend's emulator lacks a feature the real service
+    has (the backend's fixture lists them in `sink.emulator_gaps`, with reasons)."""
+    reason = getattr(sink, "emulator_gaps", {}).get(gap)
+    if reason is not None:
+        pytest.xfail(f"emulator gap: {reason}")
+
+
 def test_put_if_absent_on_an_existing_key_raises_and_keeps_the_original(sink: Sink):
+    xfail_on_emulator_gap(sink, "conditional_create")
+
     async def body() -> bytes:
         await sink.put("checkpoints/0001", b"original")
         with pytest.raises(ObjectExists) as caught:
@@ -71,6 +81,8 @@ def test_put_if_absent_on_an_existing_key_raises_and_keeps_the_original(sink: Si
 
 
 def test_concurrent_conditional_creates_of_one_key_have_exactly_one_winner(sink: Sink):
+    xfail_on_emulator_gap(sink, "conditional_create")
+
     async def body() -> tuple[list[object], bytes]:
         outcomes = await asyncio.gather(
             *(sink.put("race/key", f"writer {n}".encode(), if_absent=True) for n in range(8)),
