@@ -190,8 +190,27 @@ HANDLERS = {
 }
 
 
+TIME_OPTIONS = ("--at", "--since", "--until")
+
+
+def join_relative_times(argv: Sequence[str]) -> list[str]:
+    """`--since -1d` as `--since=-1d`: argparse would take the relative time for an option."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        value = args[i + 1] if i + 1 < len(args) else ""
+        if args[i] in TIME_OPTIONS and value.startswith("-") and value[1:2].isdigit():
+            out.append(f"{args[i]}={value}")
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_relative_times(sys.argv[1:] if argv is None else argv))
     logs.configure(args.log_level, args.log_format)
     try:
         return HANDLERS[args.command](args)

@@ -16,7 +16,7 @@ class SourceOutcome:
     replayed: int = 0
     bytes: int = 0
     skipped_duplicates: int = 0
-    already_confirmed: int = 0  # skipped because the state file says the target has them
+    already_confirmed: int = 0  # archive sequence up to which the state file says the target has everything
     in_doubt: int = 0  # published but unconfirmed when a previous run stopped: may now be duplicated
     first_ns: int | None = None
     last_ns: int | None = None
@@ -35,7 +35,7 @@ class SourceOutcome:
             f"{self.skipped_duplicates} duplicates skipped, covering {span}"
         )
         if self.already_confirmed:
-            text += f"; {self.already_confirmed} already confirmed by an earlier run"
+            text += f"; sequences up to {self.already_confirmed} were already confirmed by an earlier run"
         if self.in_doubt:
             text += f"; {self.in_doubt} were in doubt from the interrupted run and were published again"
         for c in self.corrupt:

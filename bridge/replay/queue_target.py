@@ -24,6 +24,7 @@ from protocol.events import Confirm, Returned
 
 NO_ROUTE = 312
 NO_ROUTE_HINT = " (does the queue exist on the target? --definitions restores it)"
+CONFIRM_WINDOW = 1000
 SAVE_EVERY = 0.25  # seconds between state-file writes while publishing
 
 
@@ -52,11 +53,11 @@ async def replay_queue(
     route: QueueRoute,
     outcome: SourceOutcome,
     progress: SourceProgress,
-    save_state: Callable[[], None],
+    save_state: Callable[[bool], None],
     *,
     keep_duplicates: bool = False,
     rate: RateLimit | None = None,
-    confirm_window: int = 1000,
+    confirm_window: int = CONFIRM_WINDOW,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
     duplicates = DuplicateFilter()
@@ -74,19 +75,32 @@ async def replay_queue(
                 + (NO_ROUTE_HINT if event.reply_code == NO_ROUTE else "")
             )
 
+        in_flight: deque[tuple[int, int, Record | None]] = deque()  # confirm seq, archive seq, what went out
+        last_save = time.monotonic()
+
+        def settle() -> bool:
+            through = channel.confirmed_through
+            advanced = False
+            while in_flight and in_flight[0][0] <= through:
+                _, archive_seq, record = in_flight.popleft()
+                progress.confirmed_seq = archive_seq
+                advanced = True
+                if record is not None and not refused:  # a returned message is acked too: not replayed
+                    outcome.replayed += 1
+                    outcome.bytes += len(record.body)
+                    outcome.covered(record)
+            return advanced
+
         def on_confirm(event: Confirm) -> None:
             if not event.ack:
                 refused.append(f"the target refused (nacked) publish #{event.delivery_tag}")
+            # The state file follows every confirm, so a kill -9 can only leave the unconfirmed window
+            # in doubt (a cheap write: the page cache survives a killed process; fsync follows below).
+            if settle():
+                save_state(False)
 
         channel.on_return = on_return
         channel.on_confirm = on_confirm
-        in_flight: deque[tuple[int, int]] = deque()  # (confirm sequence, archive sequence)
-        last_save = time.monotonic()
-
-        def settle() -> None:
-            through = channel.confirmed_through
-            while in_flight and in_flight[0][0] <= through:
-                progress.confirmed_seq = in_flight.popleft()[1]
 
         async for segment, record in records:
             if refused:
@@ -95,25 +109,24 @@ async def replay_queue(
                 raise ReplayRefused(f"{segment.key}: record #{record.seq} is not an AMQP 0-9-1 message")
             if not keep_duplicates and duplicates.is_duplicate(record):
                 outcome.skipped_duplicates += 1
-                in_flight.append((channel.published_seq, record.seq))
+                in_flight.append((channel.published_seq, record.seq, None))
                 continue
             if rate is not None:
                 await rate.take()
+            if record.seq > progress.published_seq:
+                # Written ahead: a rerun knows that nothing past this mark can have reached the target.
+                progress.published_seq = record.seq + confirm_window
+                save_state(True)
             exchange, routing_key = route.address(record)
             seq = await channel.publish(
                 exchange, routing_key, record.body, raw_properties=record.raw_properties, mandatory=True
             )
-            in_flight.append((seq, record.seq))
-            progress.published_seq = record.seq
-            outcome.replayed += 1
-            outcome.bytes += len(record.body)
-            outcome.covered(record)
+            in_flight.append((seq, record.seq, record))
             if on_progress is not None:
                 on_progress(1, len(record.body))
             now = time.monotonic()
             if now - last_save >= SAVE_EVERY:
-                settle()
-                save_state()
+                save_state(True)
                 last_save = now
         if not refused:
             try:
@@ -121,7 +134,8 @@ async def replay_queue(
             except PublishNacked as err:
                 refused.append(f"the target refused (nacked) {len(err.delivery_tags)} message(s)")
         settle()
-        save_state()
+        progress.published_seq = progress.confirmed_seq if not in_flight else progress.published_seq
+        save_state(True)
         if refused:
             raise ReplayRefused(f"{outcome.source}: " + refused[0])
     finally:

@@ -25,7 +25,7 @@ from bridge.replay import topology
 from bridge.replay.outcome import SourceOutcome
 from bridge.replay.pacing import RateLimit
 from bridge.replay.progress import Progress
-from bridge.replay.queue_target import QueueRoute, replay_queue
+from bridge.replay.queue_target import CONFIRM_WINDOW, QueueRoute, replay_queue
 from bridge.replay.selection import DrySummary, SourcePlan, dry_run, plan_sources, records_after, refresh
 from bridge.replay.state import ReplayState, SourceProgress
 from bridge.replay.stream_target import replay_stream
@@ -78,7 +78,7 @@ class ReplayFailed(WarrenError):
 async def run_replay(options: ReplayOptions) -> list[SourceOutcome]:
     async with open_sink(options.archive) as sink:
         plans = await plan_sources(sink, options.sources, options.window)
-        if not plans:
+        if not plans and not options.follow:
             wanted = f" named {', '.join(options.sources)}" if options.sources else ""
             raise WarrenError(f"{sink.url}: the archive holds no source{wanted} to replay")
         state = ReplayState.load(options.state)
@@ -99,9 +99,7 @@ async def run_replay(options: ReplayOptions) -> list[SourceOutcome]:
             loop.add_signal_handler(sig, stopping.set)
         try:
             progress = Progress(None if options.follow else await _estimate(sink, plans, options.window))
-            outcomes = await asyncio.gather(
-                *(_replay_source(sink, p, options, state, progress, stopping) for p in plans)
-            )
+            outcomes = await _replay_all(sink, plans, options, state, progress, stopping)
             progress.finish()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,6 +111,38 @@ async def run_replay(options: ReplayOptions) -> list[SourceOutcome]:
         code = 5 if any(o.error and o.error.startswith("corrupt:") for o in failed) else 3
         raise ReplayFailed(f"{len(failed)} of {len(outcomes)} sources failed; see the summary above", code)
     return outcomes
+
+
+async def _replay_all(
+    sink: Sink,
+    plans: list[SourcePlan],
+    options: ReplayOptions,
+    state: ReplayState,
+    progress: Progress,
+    stopping: asyncio.Event,
+) -> list[SourceOutcome]:
+    """Every source concurrently; in follow mode, also the sources the archive gains meanwhile."""
+    tasks = {p.source: asyncio.create_task(_replay_source(sink, p, options, state, progress, stopping)) for p in plans}
+    if options.follow:
+        if not tasks:
+            log.info("waiting for the archive to hold a source", extra={"archive": sink.url})
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), options.follow_interval)
+            if stopping.is_set():
+                break
+            try:
+                found = await plan_sources(sink, options.sources, options.window)
+            except SinkError as err:
+                log.warning("cannot list the archive", extra={"reason": str(err)})
+                continue
+            for plan in found:
+                if plan.source not in tasks:
+                    log.info("following a new source", extra={"source": str(plan.source)})
+                    tasks[plan.source] = asyncio.create_task(
+                        _replay_source(sink, plan, options, state, progress, stopping)
+                    )
+    return [await task for task in tasks.values()]
 
 
 def _progress_of(state: ReplayState, plan: SourcePlan) -> SourceProgress:
@@ -157,7 +187,9 @@ async def _replay_source(
         target_name = source.name
         where = f"stream {target_name!r}"
     outcome = SourceOutcome(source, f"{where} in vhost {vhost!r}")
-    outcome.in_doubt = max(0, progress_of.published_seq - progress_of.confirmed_seq)
+    # Only the unconfirmed window can have reached the target unrecorded; the written-ahead mark bounds it too.
+    outcome.in_doubt = max(0, min(progress_of.published_seq - progress_of.confirmed_seq, CONFIRM_WINDOW))
+    outcome.already_confirmed = start_after
     if start_after:
         log.info(
             "resuming",

@@ -19,7 +19,7 @@ from bridge.errors import ConfigError
 @dataclass
 class SourceProgress:
     confirmed_seq: int = 0  # every record up to this archive sequence is confirmed by the target
-    published_seq: int = 0  # the highest archive sequence handed to the target
+    published_seq: int = 0  # nothing past this archive sequence has been handed to the target (written ahead)
 
 
 @dataclass
@@ -44,7 +44,9 @@ class ReplayState:
     def progress(self, source_id: str) -> SourceProgress:
         return self.sources.setdefault(source_id, SourceProgress())
 
-    def save(self) -> None:
+    def save(self, durable: bool = True) -> None:
+        """Write the state; `durable` also fsyncs it (a killed process loses nothing without that,
+        a crashed machine could)."""
         if self.path is None:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -52,5 +54,6 @@ class ReplayState:
         with open(tmp, "w") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, self.path)

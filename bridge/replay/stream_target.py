@@ -39,7 +39,7 @@ async def replay_stream(
     stream: str,
     outcome: SourceOutcome,
     progress: SourceProgress,
-    save_state: Callable[[], None],
+    save_state: Callable[[bool], None],
     *,
     rate: RateLimit | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -104,7 +104,7 @@ async def replay_stream(
                     await room.wait()
             now = time.monotonic()
             if now - last_save >= SAVE_EVERY:
-                save_state()
+                save_state(True)
                 last_save = now
         if batch and not refused:
             await send(batch)
@@ -115,7 +115,7 @@ async def replay_stream(
                 await asyncio.wait_for(room.wait(), 1)
             except TimeoutError:
                 settle()
-        save_state()
+        save_state(True)
         if refused:
             raise ReplayRefused(f"{outcome.source}: " + refused[0])
         if in_flight:
