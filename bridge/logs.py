@@ -49,9 +49,15 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(_fields(record), ensure_ascii=False, default=str)
 
 
+NOISY_LIBRARIES = ("azure", "botocore", "aiobotocore", "google", "urllib3", "rstream")
+
+
 def configure(level: str = "info", fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The cloud SDKs log every HTTP request at INFO; warren reports what matters about them itself.
+    for noisy in NOISY_LIBRARIES:
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level.lower() == "debug" else logging.WARNING)

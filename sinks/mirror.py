@@ -123,6 +123,8 @@ class MirroredSink(Sink):
                 raise
         if member.lagging.get(key, version + 1) <= version:
             del member.lagging[key]  # only a write at least as new as the one it missed settles the lag
+        if member.lagging:
+            member.wakeup.set()  # it takes writes again: catch it up now rather than at its next retry
 
     def _quorum_error(self, key: str, failures: list[SinkError]) -> SinkError:
         reasons = "; ".join(str(f) for f in failures)

@@ -58,11 +58,16 @@ def free_port() -> int:
 
 
 class Azurite:
-    """One azurite-blob process on 127.0.0.1: start(), stop(), and start() again on the same port."""
+    """One azurite-blob process on 127.0.0.1: start(), stop(), and start() again on the same port.
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    In memory by default; with `persistent=True` it keeps its data on disk in `workdir` (`--location`),
+    so that it comes back from a stop with everything it held.
+    """
+
+    def __init__(self, binary: str, workdir: Path, *, persistent: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir  # its cwd: Azurite writes nothing with in-memory persistence, but just in case
+        self.persistent = persistent
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -86,7 +91,7 @@ class Azurite:
         command = [
             self.binary,
             *("--blobHost", "127.0.0.1", "--blobPort", str(self.port)),
-            "--inMemoryPersistence",
+            *(("--location", str(self.workdir / "data")) if self.persistent else ("--inMemoryPersistence",)),
             "--skipApiVersionCheck",  # the SDK may be newer than the emulator
             "--disableTelemetry",
             "--silent",
@@ -116,7 +121,7 @@ class Azurite:
             connection.close()
 
     def stop(self) -> None:
-        """Stop the process (by its PID); its in-memory data is gone."""
+        """Stop the process (by its PID, SIGTERM first, so a persistent one saves); in-memory data is gone."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return

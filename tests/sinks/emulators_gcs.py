@@ -8,6 +8,7 @@ The SDK is imported only inside the fixtures, so the other backends' tests never
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import socket
@@ -52,12 +53,14 @@ def _emulator_executable() -> str | None:
 
 
 class GCSEmulator:
-    """One gcp-storage-emulator process, in memory, on 127.0.0.1:`port`."""
+    """One gcp-storage-emulator process on 127.0.0.1:`port`: in memory, or with `data_dir` on disk there,
+    so that a restarted emulator keeps its buckets and objects."""
 
-    def __init__(self, executable: str, port: int, log_path: Path) -> None:
+    def __init__(self, executable: str, port: int, log_path: Path, *, data_dir: Path | None = None) -> None:
         self.executable = executable
         self.port = port
         self.log_path = log_path
+        self.data_dir = data_dir
         self._process: subprocess.Popen[bytes] | None = None
         self._admin: Any = None  # a google.cloud.storage.Client, made on first use
 
@@ -70,13 +73,24 @@ class GCSEmulator:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
-        """Launch the emulator (empty) and return once it answers HTTP."""
+        """Launch the emulator (empty, unless on disk) and return once it answers HTTP."""
         if self.running:
             return
-        command = [self.executable, "start", "--host", "127.0.0.1", "--port", str(self.port), "--in-memory", "-q"]
+        command = [self.executable, "start", "--host", "127.0.0.1", "--port", str(self.port), "-q"]
+        env = None
+        if self.data_dir is None:
+            command.append("--in-memory")
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, "STORAGE_BASE": str(self.data_dir)}  # it keeps everything in .cloudstorage/ there
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while not self._answers():
