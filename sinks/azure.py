@@ -20,11 +20,10 @@ import contextlib
 import importlib.util
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 from azure.core import MatchConditions
@@ -40,7 +39,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob.aio import BlobClient, ContainerClient, ExponentialRetry
 
-from sinks.base import ObjectInfo, Sink, redact_url, validate_key
+from sinks.base import ObjectInfo, Sink, modified_ns, redact_url, validate_key
 from sinks.errors import (
     InvalidKey,
     ObjectExists,
@@ -50,6 +49,7 @@ from sinks.errors import (
     SinkPermissionDenied,
     SinkUnavailable,
 )
+from sinks.location import BucketLocation, parse_bucket_uri
 
 MiB = 1024 * 1024
 
@@ -63,8 +63,8 @@ MAX_BLOB_NAME = 1024  # characters, Azure's limit on a blob name (prefix include
 _SUFFIX_ATTEMPTS = 3  # reads of an object's end, when it is replaced between sizing and reading it
 
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
+_CONTAINER_RULE = "3-63 lowercase letters, digits and single inner hyphens"
 _OPTIONS = ("account-url", "connection-string-env")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 
 
@@ -80,9 +80,13 @@ class _Account:
 
 
 def _describe(uri: str) -> str:
-    """`uri` safe for a message: redact_url misses user info holding a '/' (as base64 keys do), which
-    urlsplit takes for the path, so a URI with any '@' or ':' before its path is not shown at all."""
-    if "@" in uri.partition("?")[0] or ":" in urlsplit(uri).netloc:
+    """`uri` safe for a message: not shown at all if it has an '@' before its query (user info, which
+    may hold a '/') or a ':' in its host part (a key without an '@', or a port), else redacted."""
+    try:
+        netloc = urlsplit(uri).netloc
+    except ValueError:
+        return redact_url(uri)  # "<unparseable sink URI>"
+    if "@" in uri.partition("?")[0] or ":" in netloc:
         return "az://*** (the URI holds credentials or a port; not shown)"
     return redact_url(uri)
 
@@ -104,7 +108,7 @@ def _connection_string_secrets(connection_string: str) -> tuple[str, ...]:
     return (connection_string, *(value for value in found if value))
 
 
-def _resolve_account(uri: str, options: dict[str, str]) -> _Account:
+def _resolve_account(uri: str, options: Mapping[str, str]) -> _Account:
     env_name = options.get("connection-string-env")
     account_url = options.get("account-url")
     if env_name is not None and account_url is not None:
@@ -167,10 +171,6 @@ def _reason(err: BaseException) -> str:
     return type(innermost).__name__
 
 
-def _modified_ns(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
 class AzureBlobSink(Sink):
     """Objects as block blobs in one container, under an optional prefix.
 
@@ -178,11 +178,11 @@ class AzureBlobSink(Sink):
     another loop (tests run each step in a fresh one) makes a new client and closes the old in close().
     """
 
-    def __init__(self, container: str, prefix: str, account: _Account) -> None:
-        self._container_name = container
-        self._prefix = f"{prefix}/" if prefix else ""
+    def __init__(self, location: BucketLocation, account: _Account) -> None:
+        self._container_name = location.bucket
+        self._prefix = location.prefix
         self._account = account
-        self._url = f"az://{container}/{prefix}" if prefix else f"az://{container}"
+        self._url = location.url
         self._client: ContainerClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened: list[tuple[ContainerClient, Any]] = []  # every client made, with its token credential
@@ -195,33 +195,17 @@ class AzureBlobSink(Sink):
     def from_uri(cls, uri: str) -> AzureBlobSink:
         """The sink `az://container/prefix?options` names (see the module docstring); SinkConfigError if
         the URI is malformed or no credentials are configured. Touches no storage."""
-        parts = urlsplit(uri)
-        if parts.scheme.lower() != "az":
-            raise _config_error(uri, "an Azure sink URI starts with az://")
-        if "@" in uri.partition("?")[0]:  # user info, even with a '/' in it that urlsplit takes for the path
-            raise _config_error(uri, "credentials do not belong in the sink URI (nor '@' in its prefix)")
-        container = parts.netloc
-        if not _CONTAINER.fullmatch(container):
-            raise _config_error(
-                uri,
-                "the container name must be 3-63 lowercase letters, digits and single inner hyphens: az://CONTAINER",
-            )
-        if parts.fragment:
-            raise _config_error(uri, "an Azure sink URI takes no fragment")
-        prefix = unquote(parts.path).strip("/")
-        if prefix:
-            try:
-                validate_key(prefix, sink=_describe(uri))
-            except InvalidKey as err:
-                raise _config_error(uri, f"unusable prefix: {err.detail}") from None
-        options: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in _OPTIONS:
-                raise _config_error(uri, f"unknown option {name!r}; known: {', '.join(_OPTIONS)}")
-            if name in options or not value:
-                raise _config_error(uri, f"option {name!r} must be given once, with a value")
-            options[name] = value
-        return cls(container, prefix, _resolve_account(uri, options))
+        location = parse_bucket_uri(
+            uri,
+            scheme="az",
+            what="container",
+            name_pattern=_CONTAINER,
+            name_rule=_CONTAINER_RULE,
+            credentials_hint="they come from the environment (see connection-string-env= and account-url=)",
+            options=_OPTIONS,
+            sink=_describe(uri),
+        )
+        return cls(location, _resolve_account(uri, location.options))
 
     @property
     def url(self) -> str:
@@ -396,7 +380,7 @@ class AzureBlobSink(Sink):
                 if err.status_code == 404 and _code(err) != "ContainerNotFound":
                     return None
                 raise
-        return ObjectInfo(key, properties.size, _modified_ns(properties.last_modified))
+        return ObjectInfo(key, properties.size, modified_ns(properties.last_modified))
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         validate_key(prefix, sink=self._url, prefix=True)
@@ -405,7 +389,7 @@ class AzureBlobSink(Sink):
         # The service lists blob names in lexicographic order, page by page.
         with self._translate(None, "listing"):
             async for blob in container.list_blobs(name_starts_with=self._prefix + prefix):
-                yield ObjectInfo(blob.name[cut:], blob.size, _modified_ns(blob.last_modified))
+                yield ObjectInfo(blob.name[cut:], blob.size, modified_ns(blob.last_modified))
 
     # -- housekeeping
 

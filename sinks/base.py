@@ -12,6 +12,7 @@ import abc
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
 
@@ -26,6 +27,16 @@ class ObjectInfo:
     key: str
     size: int
     modified_ns: int  # last modification, nanoseconds since the Unix epoch
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def modified_ns(moment: datetime | None) -> int:
+    """A store's (timezone-aware) modification time as `ObjectInfo.modified_ns`; 0 if it gave none."""
+    if moment is None:
+        return 0
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def validate_key(key: str, *, sink: str, prefix: bool = False) -> str:

@@ -20,10 +20,9 @@ import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import google_crc32c
 import requests
@@ -35,7 +34,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from sinks.base import ObjectInfo, Sink, redact_url, validate_key
+from sinks.base import ObjectInfo, Sink, modified_ns, redact_url, validate_key
 from sinks.errors import (
     InvalidKey,
     ObjectExists,
@@ -45,6 +44,7 @@ from sinks.errors import (
     SinkPermissionDenied,
     SinkUnavailable,
 )
+from sinks.location import BucketLocation, parse_bucket_uri
 
 T = TypeVar("T")
 
@@ -62,9 +62,9 @@ RETRY = DEFAULT_RETRY.with_delay(initial=0.25, maximum=2.0, multiplier=2.0).with
 WORKERS = 8  # concurrent calls per sink; within the HTTP session's pool of 10 connections
 
 _MAX_NAME_BYTES = 1024  # GCS's limit on an object name, UTF-8 encoded
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_BUCKET_NAME = re.compile(r"(?!.*\.\.)[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_BUCKET_RULE = "3-222 lowercase letters, digits, '.', '_' and '-', a letter or digit at each end, no '..'"
 _OPTIONS = ("endpoint", "project")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LIST_FIELDS = "items(name,size,updated),nextPageToken"
 
 # Failures below HTTP: refused or reset connections, DNS, TLS, timeouts.
@@ -81,13 +81,6 @@ _HANDLED_ERRORS = (
 def _crc32c(data: bytes) -> str:
     """The CRC32C of `data` as GCS spells it in object metadata: base64 of the big-endian value."""
     return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode("ascii")
-
-
-def _nanoseconds(moment: datetime | None) -> int:
-    if moment is None:
-        return 0
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1_000
 
 
 def _http_summary(err: api_errors.GoogleAPICallError) -> str:
@@ -143,26 +136,16 @@ class GCSSink(Sink):
     is a generation-0 precondition, and reads of whole objects are checked against the stored CRC32C.
     """
 
-    def __init__(
-        self, bucket: str, prefix: str = "", *, endpoint: str | None = None, project: str | None = None
-    ) -> None:
-        prefix = prefix.removesuffix("/")
-        self._bucket = bucket
-        self._prefix = f"{prefix}/" if prefix else ""
-        self._url = f"gs://{bucket}/{quote(prefix)}" if prefix else f"gs://{bucket}"
-        if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
-            raise SinkConfigError(f"{bucket!r} is not a valid GCS bucket name", sink=redact_url(self._url))
-        if prefix:
-            try:
-                validate_key(prefix, sink=self._url)
-            except InvalidKey as err:
-                raise SinkConfigError(f"the prefix is not a safe key: {err.detail}", sink=self._url) from None
-            if "\r" in prefix or "\n" in prefix:
-                raise SinkConfigError("the prefix contains a line break, which GCS refuses", sink=self._url)
-        if endpoint is not None:
-            endpoint = self._check_endpoint(endpoint)
-        self._endpoint = endpoint
-        self._project = project
+    def __init__(self, location: BucketLocation) -> None:
+        """The sink for a parsed `gs://` location; `from_uri` parses one."""
+        self._bucket = location.bucket
+        self._prefix = location.prefix
+        self._url = location.url
+        if "\r" in self._prefix or "\n" in self._prefix:
+            raise SinkConfigError("the key prefix contains a line break, which GCS refuses", sink=self._url)
+        endpoint = location.options.get("endpoint")
+        self._endpoint = None if endpoint is None else self._check_endpoint(endpoint)
+        self._project = location.options.get("project")
         self._client: storage.Client | None = None
         self._client_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="warren-gcs")
@@ -171,33 +154,16 @@ class GCSSink(Sink):
     @classmethod
     def from_uri(cls, uri: str) -> GCSSink:
         """The sink for `gs://bucket[/prefix][?endpoint=URL][&project=ID]`; SinkConfigError if malformed."""
-        sink = redact_url(uri)
-        try:
-            parts = urlsplit(uri)
-        except ValueError as err:
-            raise SinkConfigError(f"malformed gs:// URI: {err}", sink=sink) from None
-        if parts.scheme.lower() != "gs":
-            raise SinkConfigError("a Google Cloud Storage URI starts with gs://", sink=sink)
-        if "@" in parts.netloc:
-            raise SinkConfigError(
-                "a gs:// URI takes no credentials: use GOOGLE_APPLICATION_CREDENTIALS or default credentials",
-                sink=sink,
-            )
-        if not parts.netloc:
-            raise SinkConfigError("a gs:// URI names a bucket: gs://bucket/prefix", sink=sink)
-        if parts.fragment:
-            raise SinkConfigError("a gs:// URI takes no #fragment", sink=sink)
-        options: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in _OPTIONS:
-                raise SinkConfigError(f"unknown option {name!r}; known: {', '.join(_OPTIONS)}", sink=sink)
-            if name in options:
-                raise SinkConfigError(f"option {name!r} given twice", sink=sink)
-            if not value:
-                raise SinkConfigError(f"option {name!r} needs a value", sink=sink)
-            options[name] = value
-        # gs://bucket/prefix/ means gs://bucket/prefix; the constructor refuses any other stray '/'.
-        return cls(parts.netloc, unquote(parts.path).removeprefix("/"), **options)
+        location = parse_bucket_uri(
+            uri,
+            scheme="gs",
+            what="bucket",
+            name_pattern=_BUCKET_NAME,
+            name_rule=_BUCKET_RULE,
+            credentials_hint="use GOOGLE_APPLICATION_CREDENTIALS or default credentials",
+            options=_OPTIONS,
+        )
+        return cls(location)
 
     def _check_endpoint(self, endpoint: str) -> str:
         parts = urlsplit(endpoint)
@@ -425,7 +391,7 @@ class GCSSink(Sink):
             if not self._bucket_exists(client):
                 raise self._bucket_missing()
             return None
-        return ObjectInfo(key, blob.size or 0, _nanoseconds(blob.updated))
+        return ObjectInfo(key, blob.size or 0, modified_ns(blob.updated))
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         validate_key(prefix, sink=self._url, prefix=True)
@@ -447,7 +413,7 @@ class GCSSink(Sink):
             return None
         skip = len(self._prefix)
         return [
-            ObjectInfo(blob.name[skip:], blob.size or 0, _nanoseconds(blob.updated))
+            ObjectInfo(blob.name[skip:], blob.size or 0, modified_ns(blob.updated))
             for blob in page
             # Names ending in '/' are the console's "folder" placeholders, never keys of ours.
             if not blob.name.endswith("/")

@@ -19,9 +19,8 @@ import contextlib
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiobotocore.client import AioBaseClient
@@ -29,7 +28,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore import exceptions as boto
 
-from sinks.base import ObjectInfo, Sink, redact_url, validate_key
+from sinks.base import ObjectInfo, Sink, modified_ns, redact_url, validate_key
 from sinks.errors import (
     InvalidKey,
     ObjectExists,
@@ -39,6 +38,7 @@ from sinks.errors import (
     SinkPermissionDenied,
     SinkUnavailable,
 )
+from sinks.location import bucket_url, parse_bucket_uri
 
 MiB = 1024 * 1024
 MULTIPART_THRESHOLD = 16 * MiB
@@ -51,8 +51,8 @@ MAX_ATTEMPTS = 3  # per request, by botocore's standard retry mode, before SinkU
 OPTIONS = ("endpoint-url", "region")
 # S3's bucket naming rules, loosened to the legacy names (capitals, '_') some S3-compatible stores accept.
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
+_BUCKET_RULE = "3-255 letters, digits, '.', '_' and '-', a letter or digit at each end"
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]*")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Service error codes by what the caller can do about them; `_service_error` falls back on the status.
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
@@ -110,53 +110,32 @@ class S3Location:
 
     @classmethod
     def parse(cls, uri: str) -> S3Location:
+        location = parse_bucket_uri(
+            uri,
+            scheme="s3",
+            what="bucket",
+            name_pattern=_BUCKET,
+            name_rule=_BUCKET_RULE,
+            credentials_hint="they come from the AWS environment, profile or instance role",
+            options=OPTIONS,
+        )
         shown = redact_url(uri)
-        try:
-            parts = urlsplit(uri)
-        except ValueError as err:
-            raise SinkConfigError(f"not a valid URI: {err}", sink=shown) from None
-        if parts.scheme.lower() != "s3":
-            raise SinkConfigError("an S3 sink URI starts with s3://", sink=shown)
-        if "@" in parts.netloc:
-            raise SinkConfigError(
-                "an s3:// URI takes no credentials: they come from the AWS environment, profile or instance role",
-                sink=shown,
-            )
-        if not _BUCKET.fullmatch(parts.netloc):
-            raise SinkConfigError(f"{parts.netloc!r} is not a bucket name: s3://bucket/prefix", sink=shown)
-        if parts.fragment:
-            raise SinkConfigError("an s3:// URI takes no fragment", sink=shown)
-        prefix = unquote(parts.path).removeprefix("/").removesuffix("/")
-        if prefix:
-            try:
-                validate_key(prefix, sink=shown)
-            except InvalidKey as err:
-                raise SinkConfigError(f"the key prefix is not usable: {err.detail}", sink=shown) from None
-            prefix += "/"
-        options: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in OPTIONS:
-                supported = ", ".join(f"{option}=" for option in OPTIONS)
-                raise SinkConfigError(f"unknown option {name!r}; an s3:// URI takes {supported}", sink=shown)
-            if name in options or not value:
-                raise SinkConfigError(f"option {name!r} must be given once, with a value", sink=shown)
-            options[name] = value
-        endpoint = options.get("endpoint-url")
+        endpoint = location.options.get("endpoint-url")
         if endpoint is not None:
             target = urlsplit(endpoint)
             if target.scheme not in ("http", "https") or not target.hostname:
                 raise SinkConfigError("endpoint-url must be an http:// or https:// URL", sink=shown)
             if target.username is not None or target.password is not None:
                 raise SinkConfigError("endpoint-url takes no credentials", sink=shown)
-        region = options.get("region")
+        region = location.options.get("region")
         if region is not None and not _REGION.fullmatch(region):
             raise SinkConfigError(f"{region!r} is not a region name", sink=shown)
-        return cls(parts.netloc, prefix, endpoint, region)
+        return cls(location.bucket, location.prefix, endpoint, region)
 
     @property
     def url(self) -> str:
         """The location as a URI without secrets (it holds none: credentials never come from the URI)."""
-        url = f"s3://{self.bucket}/{self.prefix.removesuffix('/')}".removesuffix("/")
+        url = bucket_url("s3", self.bucket, self.prefix)
         options = [("endpoint-url", self.endpoint_url), ("region", self.region)]
         query = "&".join(f"{name}={value}" for name, value in options if value is not None)
         return f"{url}?{query}" if query else url
@@ -170,10 +149,6 @@ class _LoopClient:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     client: AioBaseClient | None = None
     holder: AsyncGenerator[AioBaseClient, None] | None = None
-
-
-def _modified_ns(when: datetime) -> int:
-    return (when - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 class S3Sink(Sink):
@@ -438,7 +413,7 @@ class S3Sink(Sink):
                 if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                     return None
                 raise
-        return ObjectInfo(key, response["ContentLength"], _modified_ns(response["LastModified"]))
+        return ObjectInfo(key, response["ContentLength"], modified_ns(response["LastModified"]))
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """S3 lists keys in UTF-8 byte order, which is the contract's order. Objects whose keys no verb
@@ -454,7 +429,7 @@ class S3Sink(Sink):
                 for entry in page.get("Contents", ()):
                     key = entry["Key"][strip:]
                     if _addressable(key):
-                        yield ObjectInfo(key, entry["Size"], _modified_ns(entry["LastModified"]))
+                        yield ObjectInfo(key, entry["Size"], modified_ns(entry["LastModified"]))
 
 
 def _addressable(key: str) -> bool:

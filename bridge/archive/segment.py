@@ -114,6 +114,24 @@ class _Stats:
         if offset is not None:
             self.last_offset = offset
 
+    def merge(self, later: _Stats) -> _Stats:
+        """These records followed by `later`'s."""
+        if not later.records:
+            return self
+        if not self.records:
+            return later
+        return _Stats(
+            records=self.records + later.records,
+            first_seq=self.first_seq,
+            last_seq=later.last_seq,
+            first_captured_ns=self.first_captured_ns,
+            last_captured_ns=later.last_captured_ns,
+            min_time_ns=min(self.min_time_ns, later.min_time_ns),
+            max_time_ns=max(self.max_time_ns, later.max_time_ns),
+            first_offset=self.first_offset if self.first_offset is not None else later.first_offset,
+            last_offset=later.last_offset if later.last_offset is not None else self.last_offset,
+        )
+
 
 class SegmentBuilder:
     """Builds one segment in memory from record maps; `finish()` returns the file's bytes.
@@ -139,13 +157,17 @@ class SegmentBuilder:
         self._index: list[BlockEntry] = []
         self._raw = bytearray()
         self._block_stats = _Stats()
-        self.stats = _Stats()
+        self._closed_stats = _Stats()  # of the finished blocks: each record is counted once, in its block
         self._header: bytes | None = None
         self._written = 0  # bytes of header and finished blocks
 
     @property
     def records(self) -> int:
-        return self.stats.records
+        return self._closed_stats.records + self._block_stats.records
+
+    @property
+    def stats(self) -> _Stats:
+        return self._closed_stats.merge(self._block_stats)
 
     @property
     def size(self) -> int:
@@ -157,7 +179,6 @@ class SegmentBuilder:
             self._header = self._encode_header(record[K_SEQ])
             self._written = len(self._header)
         self._raw += self._packer.pack(record)
-        self.stats.add(record)
         self._block_stats.add(record)
         if len(self._raw) >= self._block_bytes:
             self._close_block()
@@ -209,6 +230,7 @@ class SegmentBuilder:
         self._blocks.append(block)
         self._written += len(block)
         self._raw = bytearray()
+        self._closed_stats = self._closed_stats.merge(b)
         self._block_stats = _Stats()
 
 

@@ -260,7 +260,7 @@ def test_url_is_the_container_and_prefix(monkeypatch: pytest.MonkeyPatch):
         ("az://archive/p?account-url=https://x.blob.core.windows.net&connection-string-env=X", "not both"),
         ("az://archive/p?account-url=https://x.blob.core.windows.net?sv=1%26sig=abc", "no credentials"),
         ("az://archive/p?connection-string-env=WARREN_UNSET_VARIABLE", "$WARREN_UNSET_VARIABLE"),
-        ("az://user:hunter2@archive/p", "do not belong in the sink URI"),
+        ("az://user:hunter2@archive/p", "takes no credentials"),
     ],
 )
 def test_unusable_uris_are_config_errors_saying_why(uri: str, complaint: str, monkeypatch: pytest.MonkeyPatch):

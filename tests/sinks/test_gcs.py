@@ -72,9 +72,9 @@ def test_uri_names_bucket_prefix_and_options():
     ("uri", "complaint"),
     [
         ("gs://user:s3cr3t@bucket/prefix", "takes no credentials"),
-        ("gs:///prefix", "names a bucket"),
-        ("gs://Bucket_Upper/p", "not a valid GCS bucket name"),
-        ("gs://ab/p", "not a valid GCS bucket name"),
+        ("gs:///prefix", "bucket name must be"),
+        ("gs://Bucket_Upper/p", "bucket name must be"),
+        ("gs://ab/p", "bucket name must be"),
         ("gs://bucket/a//b", "empty"),
         ("gs://bucket//p", "relative"),
         ("gs://bucket/a/../b", "'..'"),
