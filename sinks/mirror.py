@@ -108,11 +108,16 @@ class MirroredSink(Sink):
                     elif successes + remaining < self.write_quorum:
                         done.set_exception(self._quorum_error(key, failures))
 
-        for member in self.members:
-            task = asyncio.create_task(one(member))
+        tasks = [asyncio.create_task(one(member)) for member in self.members]
+        for task in tasks:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        await done
+        try:
+            await done
+        except ObjectExists:
+            # Settle which members took our bytes (they are set right from the others) before anyone reads.
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def _put_member(self, member: _Member, key: str, data: bytes, if_absent: bool, version: int) -> None:
         try:
