@@ -212,7 +212,8 @@ class ConnectionState:
         if self.state is State.CLOSED:
             return []
         self._last_received = self._clock()
-        buf = self._in + data if self._in else data
+        # One bytes object per read: frames are then sliced out of it with a single copy each.
+        buf = self._in + bytes(data) if self._in else bytes(data)
         events: list[Event] = []
         pos = 0
         end_of_data = len(buf)
@@ -236,7 +237,7 @@ class ConnectionState:
                         f"frame-end octet is {buf[end]:#04x}, expected 0xce (frame type {ftype}, {size} bytes)",
                         channel=number,
                     )
-                payload = bytes(buf[pos + frames.FRAME_HEADER_SIZE : end])
+                payload = buf[pos + frames.FRAME_HEADER_SIZE : end]
                 pos = end + 1
                 if number == 0:
                     self._connection_frame(ftype, payload, events)
@@ -254,8 +255,6 @@ class ConnectionState:
         except FrameError as err:
             self._fail(err)
         self._in = buf[pos:] if pos < end_of_data else b""
-        if self._in and not isinstance(self._in, bytearray):
-            self._in = bytearray(self._in)
         return events
 
     def receive_eof(self) -> None:

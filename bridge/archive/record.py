@@ -11,8 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.message import Message, Properties, decode_properties
@@ -47,7 +46,7 @@ class Source:
         return cls(vhost=m["vhost"], kind=SourceKind(m["kind"]), name=m["name"])
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record:
     """A decoded record. `time_ns` is what point-in-time selection compares: the broker's chunk
     timestamp for stream records, the capture time for queue records."""
@@ -63,6 +62,7 @@ class Record:
     offset: int | None = None
     chunk_ts_ms: int | None = None
     fingerprint: bytes | None = None
+    _properties: Properties | None = field(default=None, repr=False, compare=False)
 
     @property
     def time_ns(self) -> int:
@@ -70,9 +70,11 @@ class Record:
             return self.chunk_ts_ms * 1_000_000
         return self.captured_ns
 
-    @cached_property
+    @property
     def properties(self) -> Properties:
-        return decode_properties(self.raw_properties)
+        if self._properties is None:
+            self._properties = decode_properties(self.raw_properties)
+        return self._properties
 
     def to_message(self) -> Message:
         return Message(self.body, self.raw_properties, exchange=self.exchange, routing_key=self.routing_key)
@@ -176,11 +178,14 @@ def filter_fields(raw: bytes) -> tuple[str | None, int | None]:
     return message_id, timestamp
 
 
+_KINDS = {kind.value: kind for kind in RecordKind}
+
+
 def record_from_map(m: dict[str, Any]) -> Record:
     return Record(
         seq=m[K_SEQ],
         captured_ns=m[K_CAPTURED],
-        kind=RecordKind(m[K_KIND]),
+        kind=_KINDS[m[K_KIND]],
         body=m[K_BODY],
         exchange=m.get(K_EXCHANGE, ""),
         routing_key=m.get(K_ROUTING_KEY, ""),

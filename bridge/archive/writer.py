@@ -1,9 +1,10 @@
 """The rolling segment writer of one source: records in, durable segments out, in order.
 
 Records are appended synchronously (the consumer's hot path); a segment is rolled by size, by age and
-at every partition boundary, then uploaded by one task per source, strictly in order, and followed by
-the source's checkpoint. `on_durable` is called once per segment after the upload succeeded; that is
-the moment the archiver may acknowledge the messages the segment holds.
+at every partition boundary, then uploaded by one task per source, strictly in order. `on_durable` is
+called once per segment right after its upload succeeded; that is the moment the archiver may
+acknowledge the messages it holds. The source's checkpoint follows when the queue of finished
+segments runs dry, or once a second while it does not.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,9 @@ from sinks import ObjectExists, Sink, SinkError
 log = logging.getLogger("warren.archive")
 
 HOUR_NS = 3600 * 1_000_000_000
+# A checkpoint follows the segments it covers when the upload queue runs dry, or at least this often
+# (seconds) while it does not; readers of the tail look past it anyway.
+CHECKPOINT_EVERY = 1.0
 SINK_DOWN_REPORT = 60.0  # seconds of failure before the loud report, and between reports
 
 
@@ -115,6 +119,7 @@ class SegmentWriter:
         self._idle.set()
         self.failed = asyncio.Event()  # set when `error` is: the owner stops taking records
         self._uploader: asyncio.Task[None] | None = None
+        self._checkpointed_at = 0.0
         self._ager: asyncio.Task[None] | None = None
 
     # ---- life cycle ------------------------------------------------------------------------
@@ -253,7 +258,9 @@ class SegmentWriter:
                     self._pending_bytes -= len(segment.data)
                     if self._pending_bytes < self.policy.max_pending_bytes:
                         self._room.set()
-                    self._notify(segment)
+                    self._notify(segment)  # durable now: acknowledge before the checkpoint, which may lag
+                    if not self._queue or time.monotonic() - self._checkpointed_at >= CHECKPOINT_EVERY:
+                        await self._checkpoint(segment)
                 if not self._queue:
                     self._idle.set()
         except asyncio.CancelledError:
@@ -266,23 +273,29 @@ class SegmentWriter:
             self._idle.set()
 
     async def _make_durable(self, segment: _Finished) -> None:
-        """Upload, then checkpoint. Transient failures are retried with capped backoff for as long as
-        they last (nothing is acknowledged meanwhile, so the broker keeps the messages); permanent
-        ones stop the writer."""
+        await self._with_retries(segment.key, lambda: self._put_segment(segment))
+
+    async def _checkpoint(self, segment: _Finished) -> None:
+        checkpoint = Checkpoint(
+            segment.last_seq,
+            segment.last_offset if segment.last_offset is not None else self.committed_offset,
+            segment.key,
+            segment.last_captured_ns,
+            self.clock(),
+        )
+        key = layout.checkpoint_key(self.prefix, self.source)
+        await self._with_retries(key, lambda: write_checkpoint(self.sink, self.prefix, self.source, checkpoint))
+        self._checkpointed_at = time.monotonic()
+
+    async def _with_retries(self, key: str, operation: Callable[[], Awaitable[None]]) -> None:
+        """Transient failures are retried with capped backoff for as long as they last (nothing is
+        acknowledged meanwhile, so the broker keeps the messages); permanent ones stop the writer."""
         attempt = 0
         failing_since: float | None = None
         last_report = 0.0
         while True:
             try:
-                await self._put_segment(segment)
-                checkpoint = Checkpoint(
-                    segment.last_seq,
-                    segment.last_offset if segment.last_offset is not None else self.committed_offset,
-                    segment.key,
-                    segment.last_captured_ns,
-                    self.clock(),
-                )
-                await write_checkpoint(self.sink, self.prefix, self.source, checkpoint)
+                await operation()
                 if failing_since is not None:
                     log.warning(
                         "sink writable again",
@@ -292,7 +305,7 @@ class SegmentWriter:
             except SinkError as err:
                 attempt += 1
                 if not err.retryable or (self.max_attempts is not None and attempt >= self.max_attempts):
-                    raise ArchiveWriteFailed(f"cannot write {segment.key} to {self.sink.url}: {err}") from err
+                    raise ArchiveWriteFailed(f"cannot write {key} to {self.sink.url}: {err}") from err
                 now = time.monotonic()
                 failing_since = failing_since or now
                 delay = self.retry_delays[min(attempt - 1, len(self.retry_delays) - 1)] * random.uniform(0.5, 1.0)
@@ -306,12 +319,7 @@ class SegmentWriter:
                 else:
                     log.warning(
                         "sink write failed, retrying",
-                        extra={
-                            "sink": self.sink.url,
-                            "key": segment.key,
-                            "error": str(err),
-                            "retry_in": round(delay, 2),
-                        },
+                        extra={"sink": self.sink.url, "key": key, "error": str(err), "retry_in": round(delay, 2)},
                     )
                 await asyncio.sleep(delay)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from rstream import Consumer, ConsumerOffsetSpecification, OffsetType
@@ -138,16 +139,18 @@ class StreamSource:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.close(), 10)
 
-    async def _on_message(self, message: bytes, context: MessageContext) -> None:
+    def _on_message(self, message: bytes, context: MessageContext) -> Awaitable[None] | None:
+        # A plain function: rstream awaits only what it gets back, so the usual case costs no coroutine.
         if self.writer.error is not None:
-            return  # the session is ending; we resume after the archive's last offset
+            return None  # the session is ending; we resume after the archive's last offset
         if self._last_offset is not None and context.offset <= self._last_offset:
-            return  # delivered again after a resubscription: already in the writer
+            return None  # delivered again after a resubscription: already in the writer
         self.writer.append_stream(bytes(message), context.offset, context.timestamp)
         self._last_offset = context.offset
         self.archived += 1
         if not self.writer.has_room:
-            await self.writer.wait_for_room()  # holds rstream's reader, so credit stops flowing
+            return self.writer.wait_for_room()  # holds rstream's reader, so credit stops flowing
+        return None
 
     def _on_durable(self, durable: Durable) -> None:
         consumer = self._consumer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from bridge.archive.record import Record, Source, fingerprint
+from bridge.archive.record import Record, Source
 from bridge.timespec import format_time
 
 
@@ -49,18 +49,20 @@ class DuplicateFilter:
     """Drops a redelivered record whose content matches a record seen shortly before it.
 
     The archiver marks redeliveries; after a crash between the durable write and the ack, the broker
-    redelivers within a prefetch window or so, so a bounded memory of recent fingerprints suffices.
+    redelivers within a prefetch window or so, so a bounded memory of recent records suffices. The
+    memory holds Python's 64-bit hash of each record's content (cheap, and only compared within this
+    process); a redelivered copy with a matching hash is a duplicate.
     """
 
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen: OrderedDict[int, None] = OrderedDict()
 
     def is_duplicate(self, record: Record) -> bool:
-        fp = record.fingerprint or fingerprint(record.to_message())
-        if record.redelivered and fp in self._seen:
+        key = hash((record.exchange, record.routing_key, record.raw_properties, record.body))
+        if record.redelivered and key in self._seen:
             return True
-        self._seen[fp] = None
+        self._seen[key] = None
         if len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
         return False
