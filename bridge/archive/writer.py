@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -34,6 +35,7 @@ HOUR_NS = 3600 * 1_000_000_000
 # A checkpoint follows the segments it covers when the upload queue runs dry, or at least this often
 # (seconds) while it does not; readers of the tail look past it anyway.
 CHECKPOINT_EVERY = 1.0
+UPLOADS_IN_FLIGHT = 4
 SINK_DOWN_REPORT = 60.0  # seconds of failure before the loud report, and between reports
 
 
@@ -252,15 +254,23 @@ class SegmentWriter:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 while self._queue:
-                    segment = self._queue[0]
-                    await self._make_durable(segment)
-                    self._queue.popleft()
-                    self._pending_bytes -= len(segment.data)
-                    if self._pending_bytes < self.policy.max_pending_bytes:
-                        self._room.set()
-                    self._notify(segment)  # durable now: acknowledge before the checkpoint, which may lag
+                    # Several uploads at once (their fsyncs and round trips overlap), made known in order.
+                    batch = list(itertools.islice(self._queue, UPLOADS_IN_FLIGHT))
+                    uploads = [asyncio.ensure_future(self._make_durable(segment)) for segment in batch]
+                    try:
+                        for segment, upload in zip(batch, uploads, strict=True):
+                            await upload
+                            self._queue.popleft()
+                            self._pending_bytes -= len(segment.data)
+                            if self._pending_bytes < self.policy.max_pending_bytes:
+                                self._room.set()
+                            self._notify(segment)  # durable now: acknowledge; the checkpoint may lag
+                    finally:
+                        for upload in uploads:
+                            upload.cancel()
+                        await asyncio.gather(*uploads, return_exceptions=True)
                     if not self._queue or time.monotonic() - self._checkpointed_at >= CHECKPOINT_EVERY:
-                        await self._checkpoint(segment)
+                        await self._checkpoint(batch[-1])
                 if not self._queue:
                     self._idle.set()
         except asyncio.CancelledError:

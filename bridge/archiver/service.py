@@ -34,8 +34,9 @@ def _writer(sink: Sink, config: ArchiverConfig, source: QueueSourceConfig | obje
         archive_source = Source(source.vhost, SourceKind.QUEUE, source.queue)
         if source.ack_mode == "on-confirm" and source.mode != "snapshot":
             # The broker sends nothing past prefetch-count unacknowledged messages, and we acknowledge
-            # only durable ones: commit at half the window so deliveries never stall on a full one.
-            policy = replace(policy, max_records=max(1, source.prefetch_count // 2))
+            # only durable ones: segments of a quarter of the window, uploaded several at once, keep
+            # deliveries flowing while earlier segments are being made durable.
+            policy = replace(policy, max_records=max(1, source.prefetch_count // 4))
     else:
         archive_source = Source(source.vhost, SourceKind.STREAM, source.stream)  # type: ignore[attr-defined]
     return SegmentWriter(sink, archive_source, policy=policy)

@@ -415,7 +415,9 @@ def test_a_permanent_sink_error_stops_the_writer_and_nothing_after_it_is_durable
     sink, writer = run(scenario())
     assert [(d.first_seq, d.last_seq) for d in durable] == [(1, 1)]
     assert writer.committed_seq == 1
-    assert sink.puts == 3  # segment 1, its checkpoint, and the refused segment 2: no retry, nothing after
+    # segment 1 and its checkpoint, then one attempt at each segment uploaded alongside the refused
+    # segment 2 (2, 3 and 4): none retried, none reported durable
+    assert sink.puts == 2 + 3
     checkpoint = run(read_checkpoint(sink, "", QUEUE))
     assert checkpoint is not None
     assert checkpoint.last_seq == 1
