@@ -26,32 +26,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
-import resource
-import struct
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script from anywhere, installed or not
+from common import (
+    ACK_EVERY,
+    CONFIRM_WINDOW,
+    SETTLE_SECONDS,
+    USAGE_HEADER,
+    Broker,
+    Result,
+    Span,
+    consume_aio_pika,
+    consume_aio_pika_callback,
+    consume_bare,
+    consume_pika_blocking,
+    consume_pika_select,
+    fastest,
+    log,
+    private_node,
+    report_worker,
+    rotate,
+    spawn_worker,
+    usage_columns,
+)
 
 PREFETCH = 1000
-ACK_EVERY = 100
-CONFIRM_WINDOW = 1000
 PIKA_PUBLISH_MESSAGES = 20000
 WORKER_TIMEOUT = 1800
-SETTLE_SECONDS = 1.0  # after filling a queue, let the broker finish its own writes before a consumer starts
+
 
 # aio-pika and pika each run both ways they are idiomatically used; the faster one sets the target
 CONSUMERS = ("ours", "aio-pika", "aio-pika-callback", "pika", "pika-select", "bare")
@@ -62,57 +71,15 @@ def make_body(size: int) -> bytes:
     return random.Random(0).randbytes(size)
 
 
-def rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+# ---- our consumer (the baselines are in common.py; each runs in a worker process and returns its Span) ----
 
 
-def peak_rss_kb() -> int:
-    """This process's RSS high-water mark. Not getrusage's ru_maxrss: on Linux that carries the parent's
-    RSS over fork and exec, so every worker would report at least the orchestrator's size."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-@dataclass
-class Span:
-    """The timed section of one run: wall time and this process's CPU time, plus RSS when it began."""
-
-    messages: int = 0
-    seconds: float = 0.0
-    cpu: float = 0.0
-    rss_before_kb: int = 0
-    _t0: float = 0.0
-    _c0: float = 0.0
-
-    def start(self) -> Span:
-        self.rss_before_kb = rss_kb()
-        self._t0 = time.perf_counter()
-        self._c0 = time.process_time()
-        return self
-
-    def stop(self, messages: int) -> Span:
-        self.seconds = time.perf_counter() - self._t0
-        self.cpu = time.process_time() - self._c0
-        self.messages = messages
-        return self
-
-
-# ---- consumers (each runs in a worker process and returns its Span) --------------------------------
-
-
-async def consume_ours(uri: str, queue: str, n: int) -> Span:
+async def consume_ours(uri: str, queue: str, n: int, prefetch: int) -> Span:
     from protocol import connect
 
     conn = await connect(uri)
     ch = await conn.channel()
-    await ch.qos(PREFETCH)
+    await ch.qos(prefetch)
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     count = 0
@@ -132,241 +99,6 @@ async def consume_ours(uri: str, queue: str, n: int) -> Span:
     await done
     span.stop(count)
     await conn.close()
-    return span
-
-
-async def consume_aio_pika(uri: str, queue: str, n: int) -> Span:
-    """The queue iterator: measured faster than queue.consume(callback), which spawns a task per message."""
-    import aio_pika
-
-    conn = await aio_pika.connect(uri)
-    ch = await conn.channel()
-    await ch.set_qos(prefetch_count=PREFETCH)
-    q = await ch.get_queue(queue, ensure=False)
-    count = 0
-    nbytes = 0
-    span = Span().start()
-    async with q.iterator() as it:
-        async for message in it:
-            count += 1
-            nbytes += len(message.body)
-            if count % ACK_EVERY == 0 or count == n:
-                await message.ack(multiple=True)
-                if count == n:
-                    span.stop(count)
-                    break
-    await conn.close()
-    return span
-
-
-async def consume_aio_pika_callback(uri: str, queue: str, n: int) -> Span:
-    import aio_pika
-
-    conn = await aio_pika.connect(uri)
-    ch = await conn.channel()
-    await ch.set_qos(prefetch_count=PREFETCH)
-    q = await ch.get_queue(queue, ensure=False)
-    done = asyncio.get_running_loop().create_future()
-    count = 0
-    nbytes = 0
-
-    async def on_message(message: Any) -> None:
-        nonlocal count, nbytes
-        count += 1
-        nbytes += len(message.body)
-        if count % ACK_EVERY == 0 or count == n:
-            await message.ack(multiple=True)
-            if count == n and not done.done():
-                done.set_result(None)
-
-    span = Span().start()
-    await q.consume(on_message)
-    await done
-    span.stop(count)
-    await conn.close()
-    return span
-
-
-def consume_pika_blocking(uri: str, queue: str, n: int) -> Span:
-    import pika
-
-    conn = pika.BlockingConnection(pika.URLParameters(uri))
-    ch = conn.channel()
-    ch.basic_qos(prefetch_count=PREFETCH)
-    count = 0
-    nbytes = 0
-
-    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-        nonlocal count, nbytes
-        count += 1
-        nbytes += len(body)
-        if count % ACK_EVERY == 0 or count == n:
-            ch.basic_ack(method.delivery_tag, multiple=True)
-            if count == n:
-                ch.stop_consuming()
-
-    span = Span().start()
-    ch.basic_consume(queue, on_message)
-    ch.start_consuming()
-    span.stop(count)
-    conn.close()
-    return span
-
-
-def consume_pika_select(uri: str, queue: str, n: int) -> Span:
-    import pika
-
-    st: dict[str, Any] = {"count": 0, "nbytes": 0}
-    span = Span()
-
-    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-        st["count"] += 1
-        st["nbytes"] += len(body)
-        count = st["count"]
-        if count % ACK_EVERY == 0 or count == n:
-            ch.basic_ack(method.delivery_tag, multiple=True)
-            if count == n:
-                span.stop(count)
-                conn.close()
-
-    def on_qos(ch: Any) -> None:
-        span.start()
-        ch.basic_consume(queue, on_message)
-
-    def on_channel(ch: Any) -> None:
-        ch.basic_qos(prefetch_count=PREFETCH, callback=lambda _frame: on_qos(ch))
-
-    def on_error(_conn: Any, err: Any) -> None:
-        st["error"] = err
-        conn.ioloop.stop()
-
-    conn = pika.SelectConnection(
-        pika.URLParameters(uri),
-        on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
-        on_open_error_callback=on_error,
-        on_close_callback=lambda _c, _reason: conn.ioloop.stop(),
-    )
-    conn.ioloop.start()
-    if "error" in st:
-        raise RuntimeError(f"pika SelectConnection failed: {st['error']}")
-    return span
-
-
-# ---- the bare floor: handshake with pamqp, then only frame boundaries -----------------------------
-
-_frame_head = struct.Struct(">BHI")
-_ack_frame = struct.Struct(">BHIHHQBB")
-_DELIVER = b"\x00\x3c\x00\x3c"
-
-
-class BareConsumer(asyncio.Protocol):
-    """The least a Python consumer can do: find frame boundaries, count basic.deliver, ack every 100.
-
-    Delivery tags on a fresh channel with one consumer are 1, 2, 3..., so the count is the tag.
-    """
-
-    def __init__(self, user: str, password: str, vhost: str, queue: str, n: int) -> None:
-        loop = asyncio.get_running_loop()
-        self.user, self.password, self.vhost, self.queue, self.n = user, password, vhost, queue, n
-        self.transport: asyncio.Transport | None = None
-        self.rest = b""
-        self.streaming = False
-        self.count = 0
-        self.acked = 0
-        self.span = Span()
-        self.done = loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        from pamqp.header import ProtocolHeader
-
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(ProtocolHeader().marshal())  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(ConnectionError(f"bare consumer lost the connection: {exc}"))
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.rest + data if self.rest else data
-        if not self.streaming:
-            buf = self._handshake(buf)
-            if not self.streaming:
-                self.rest = buf
-                return
-        pos = 0
-        end = len(buf)
-        count = self.count
-        unpack = _frame_head.unpack_from
-        startswith = buf.startswith
-        while end - pos >= 7:
-            ftype, _channel, size = unpack(buf, pos)
-            frame_end = pos + 8 + size
-            if frame_end > end:
-                break
-            if ftype == 1 and startswith(_DELIVER, pos + 7):
-                count += 1
-            pos = frame_end
-        self.rest = buf[pos:] if pos < end else b""
-        self.count = count
-        if count - self.acked >= ACK_EVERY or (count >= self.n and self.acked < count):
-            tag = count if count >= self.n else count - count % ACK_EVERY
-            self.transport.write(_ack_frame.pack(1, 1, 13, 60, 80, tag, 1, 0xCE))  # type: ignore[union-attr]
-            self.acked = tag
-        if count >= self.n and not self.done.done():
-            self.done.set_result(self.span.stop(count))
-
-    def _handshake(self, buf: bytes) -> bytes:
-        from pamqp import commands, exceptions, frame
-
-        while buf and not self.streaming:
-            try:
-                consumed, _channel, method = frame.unmarshal(buf)
-            except exceptions.UnmarshalingException:
-                return buf
-            buf = buf[consumed:]
-            reply: list[tuple[int, Any]] = []
-            if isinstance(method, commands.Connection.Start):
-                reply.append(
-                    (
-                        0,
-                        commands.Connection.StartOk(
-                            client_properties={"product": "bare"},
-                            mechanism="PLAIN",
-                            response=f"\0{self.user}\0{self.password}",
-                            locale="en_US",
-                        ),
-                    )
-                )
-            elif isinstance(method, commands.Connection.Tune):
-                reply.append((0, commands.Connection.TuneOk(method.channel_max, method.frame_max, 0)))
-                reply.append((0, commands.Connection.Open(self.vhost)))
-            elif isinstance(method, commands.Connection.OpenOk):
-                reply.append((1, commands.Channel.Open()))
-            elif isinstance(method, commands.Channel.OpenOk):
-                reply.append((1, commands.Basic.Qos(prefetch_count=PREFETCH)))
-            elif isinstance(method, commands.Basic.QosOk):
-                reply.append((1, commands.Basic.Consume(queue=self.queue, consumer_tag="bare")))
-                self.span.start()
-            elif isinstance(method, commands.Basic.ConsumeOk):
-                self.streaming = True
-            elif isinstance(method, commands.Connection.Close | commands.Channel.Close):
-                raise ConnectionError(f"broker closed: {method.reply_code} {method.reply_text}")
-            for number, m in reply:
-                self.transport.write(frame.marshal(m, number))  # type: ignore[union-attr]
-        return buf
-
-
-async def consume_bare(uri: str, queue: str, n: int) -> Span:
-    u = urlsplit(uri)
-    vhost = unquote(u.path[1:]) if len(u.path) > 1 else "/"
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(
-        lambda: BareConsumer(unquote(u.username or "guest"), unquote(u.password or "guest"), vhost, queue, n),
-        u.hostname or "127.0.0.1",
-        u.port or 5672,
-    )
-    span = await proto.done
-    proto.transport.close()
     return span
 
 
@@ -453,142 +185,28 @@ def run_worker(args: argparse.Namespace) -> None:
             fn = publish_ours if client == "ours" else publish_aio_pika
             return run(fn(args.broker, args.queue, n, body))
         if args.worker in SYNC_WORKERS:
-            return SYNC_WORKERS[args.worker](args.broker, args.queue, n)
-        return run(ASYNC_WORKERS[args.worker](args.broker, args.queue, n))
+            return SYNC_WORKERS[args.worker](args.broker, args.queue, n, PREFETCH)
+        return run(ASYNC_WORKERS[args.worker](args.broker, args.queue, n, PREFETCH))
 
-    if args.cprofile:
-        import cProfile
-
-        prof = cProfile.Profile()
-        result = prof.runcall(call)
-        prof.dump_stats(args.cprofile)
-    else:
-        result = call()
-    print(
-        json.dumps(
-            {
-                "messages": result.messages,
-                "seconds": result.seconds,
-                "cpu": result.cpu,
-                "rss_before_kb": result.rss_before_kb,
-                "peak_rss_kb": peak_rss_kb(),
-            }
-        )
-    )
+    report_worker(call, args.cprofile)
 
 
 # ---- orchestration ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    client: str
-    role: str
-    messages: int
-    seconds: float
-    cpu: float
-    rss_before_kb: int
-    peak_rss_kb: int
-
-    @classmethod
-    def from_worker(cls, client: str, role: str, r: dict[str, Any]) -> Result:
-        return cls(client, role, r["messages"], r["seconds"], r["cpu"], r["rss_before_kb"], r["peak_rss_kb"])
-
-    @property
-    def cpu_us(self) -> float:
-        return 1e6 * self.cpu / self.messages if self.messages else float("inf")
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds if self.seconds > 0 else float("inf")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-class Broker:
-    """Queue housekeeping on the broker under test, with our client (outside every timing)."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-
-    def _run(self, coro: Any) -> Any:
-        from protocol.loop import run
-
-        return run(coro)
-
-    async def _with_channel(self, fn: Any) -> Any:
-        from protocol import connect
-
-        conn = await connect(self.uri)
-        try:
-            return await fn(conn, await conn.channel())
-        finally:
-            await conn.close()
-
-    def version(self) -> str:
-        async def go(conn: Any, _ch: Any) -> str:
-            v = conn.server_properties.get("version", "?")
-            return v.decode() if isinstance(v, bytes) else str(v)
-
-        return self._run(self._with_channel(go))
-
-    def fresh_queue(self, tag: str) -> str:
-        name = f"warren.bench.{tag}.{uuid.uuid4().hex[:8]}"
-
-        async def go(_conn: Any, ch: Any) -> None:
-            await ch.queue_declare(name, durable=True, arguments={"x-queue-type": "classic"})
-
-        self._run(self._with_channel(go))
-        return name
-
-    def depth(self, name: str) -> int:
-        async def go(_conn: Any, ch: Any) -> int:
-            return (await ch.queue_declare(name, passive=True)).message_count
-
-        return self._run(self._with_channel(go))
-
-    def delete(self, name: str) -> None:
-        async def go(_conn: Any, ch: Any) -> None:
-            await ch.queue_delete(name)
-
-        self._run(self._with_channel(go))
-
-    def fill(self, name: str, n: int, body: bytes) -> float:
-        t0 = time.perf_counter()
-        self._run(publish_ours(self.uri, name, n, body))
-        return time.perf_counter() - t0
-
-
 def spawn(args: argparse.Namespace, worker: str, queue: str, n: int, cprofile: str | None = None) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        worker,
-        "--broker",
-        args.broker,
-        "--queue",
-        queue,
-        "--messages",
-        str(n),
-        "--size",
-        str(args.size),
-    ]
+    argv = ["--worker", worker, "--broker", args.broker, "--queue", queue, "--messages", str(n)]
+    argv += ["--size", str(args.size)]
     if cprofile:
-        cmd += ["--cprofile", cprofile]
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=WORKER_TIMEOUT, cwd=ROOT)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker {worker} failed with exit code {out.returncode}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        argv += ["--cprofile", cprofile]
+    return spawn_worker(str(Path(__file__).resolve()), argv, worker, WORKER_TIMEOUT)
 
 
 def measure_consumer(args: argparse.Namespace, broker: Broker, client: str, body: bytes) -> Result:
     n = args.messages
-    queue = broker.fresh_queue(f"consume.{client}")
+    queue = broker.fresh(f"consume.{client}")
     try:
-        fill_s = broker.fill(queue, n, body)
+        fill_s = broker.fill(queue, n, [body])
         time.sleep(SETTLE_SECONDS)
         log(f"  filled {queue} with {n} messages in {fill_s:.1f}s; {client} consumes")
         r = spawn(args, f"consume:{client}", queue, n)
@@ -597,12 +215,12 @@ def measure_consumer(args: argparse.Namespace, broker: Broker, client: str, body
             log(f"  WARNING: {left} messages left in {queue} after the {client} consumer run")
     finally:
         broker.delete(queue)
-    return Result.from_worker(client, "consumer", r)
+    return Result.from_worker(client, PREFETCH, r, role="consumer")
 
 
 def measure_publisher(args: argparse.Namespace, broker: Broker, client: str) -> Result:
     n = min(args.messages, args.pika_publish_messages) if client == "pika" else args.messages
-    queue = broker.fresh_queue(f"publish.{client}")
+    queue = broker.fresh(f"publish.{client}")
     try:
         log(f"  {client} publishes {n} messages with confirms")
         r = spawn(args, f"publish:{client}", queue, n)
@@ -611,14 +229,7 @@ def measure_publisher(args: argparse.Namespace, broker: Broker, client: str) -> 
             log(f"  WARNING: {queue} holds {depth} messages after the {client} publisher run, expected {n}")
     finally:
         broker.delete(queue)
-    return Result.from_worker(client, "publisher", r)
-
-
-def rotate(clients: list[str], by: int) -> list[str]:
-    if not clients:
-        return clients
-    by %= len(clients)
-    return clients[by:] + clients[:by]
+    return Result.from_worker(client, CONFIRM_WINDOW, r, role="publisher")
 
 
 def best(results: list[Result]) -> Result:
@@ -627,8 +238,7 @@ def best(results: list[Result]) -> Result:
 
 def print_table(consumers: dict[str, Result], publishers: dict[str, Result], args: argparse.Namespace) -> None:
     header = (
-        f"{'client':<18} {'role':<10} {'messages':>9} {'seconds':>8} {'msgs/s':>9} {'ours/this':>10} "
-        f"{'client CPU':>10} {'CPU us/msg':>10} {'peak RSS':>9}"
+        f"{'client':<18} {'role':<10} {'messages':>9} {'seconds':>8} {'msgs/s':>9} {'ours/this':>10} " + USAGE_HEADER
     )
     print(header)
     print("-" * len(header))
@@ -638,7 +248,7 @@ def print_table(consumers: dict[str, Result], publishers: dict[str, Result], arg
             ratio = f"{ours.rate / r.rate:.2f}x" if ours else "-"
             print(
                 f"{r.client:<18} {r.role:<10} {r.messages:>9} {r.seconds:>8.2f} {r.rate:>9.0f} {ratio:>10} "
-                f"{100 * r.cpu / r.seconds:>9.0f}% {r.cpu_us:>10.1f} {r.peak_rss_kb / 1024:>7.1f}MB"
+                + usage_columns(r)
             )
     print(
         "ours/this: our msgs/s divided by this client's. client CPU: the client process's CPU time over the run's\n"
@@ -652,18 +262,12 @@ def print_table(consumers: dict[str, Result], publishers: dict[str, Result], arg
         )
 
 
-def fastest(group: dict[str, Result], family: str) -> Result | None:
-    """The fastest run of a client family: 'pika' covers pika (blocking) and pika-select."""
-    runs = [r for name, r in group.items() if name == family or name.startswith(family + "-")]
-    return max(runs, key=lambda r: r.rate) if runs else None
-
-
 def print_targets(consumers: dict[str, Result], publishers: dict[str, Result]) -> None:
     rate_lines: list[str] = []
     cpu_lines: list[str] = []
 
     def check(group: dict[str, Result], role: str, family: str, want: float, label: str) -> None:
-        ours, them = group.get("ours"), fastest(group, family)
+        ours, them = group.get("ours"), fastest(list(group.values()), family)
         if ours is None or them is None:
             return
         got = ours.rate / them.rate
@@ -671,7 +275,7 @@ def print_targets(consumers: dict[str, Result], publishers: dict[str, Result]) -
             f"  our {role} {label.format(them.client)}: {got:.2f}x "
             f"({ours.rate:.0f} vs {them.rate:.0f} msgs/s)  {'met' if got >= want else 'MISSED'}"
         )
-        runs = [r for name, r in group.items() if name == family or name.startswith(family + "-")]
+        runs = [r for r in group.values() if r.client == family or r.client.startswith(family + "-")]
         leanest = min(runs, key=lambda r: r.cpu_us)
         got = leanest.cpu_us / ours.cpu_us
         cpu_lines.append(
@@ -710,11 +314,11 @@ def profile_ours(args: argparse.Namespace, broker: Broker, body: bytes) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         for role in ("consume", "publish"):
-            queue = broker.fresh_queue(f"profile.{role}")
+            queue = broker.fresh(f"profile.{role}")
             path = os.path.join(tmp, f"{role}.prof")
             try:
                 if role == "consume":
-                    broker.fill(queue, args.messages, body)
+                    broker.fill(queue, args.messages, [body])
                 spawn(args, f"{role}:ours", queue, args.messages, cprofile=path)
             finally:
                 broker.delete(queue)
@@ -797,17 +401,9 @@ def main() -> None:
         run_all(args)
         return
 
-    from bridge.localnode import LocalNode
-
-    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
-        log(f"starting a private RabbitMQ node in {tmp}")
-        node = LocalNode(Path(tmp) / "node")
-        try:
-            node.start()
-            args.broker = node.amqp_uri
-            run_all(args)
-        finally:
-            node.destroy()
+    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp, private_node(Path(tmp)) as node:
+        args.broker = node.amqp_uri
+        run_all(args)
 
 
 if __name__ == "__main__":

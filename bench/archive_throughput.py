@@ -22,7 +22,7 @@ bytes written negligible).
 - aio-pika (queue iterator, and callback), pika (BlockingConnection, and SelectConnection), and bare
   (handshake with pamqp, then only frame boundaries, count basic.deliver, multiple-ack every 100):
   consume and acknowledge (multiple-ack every 100), store nothing. The target is checked against the
-  faster idiom of each client. These consumers are copied from bench/amqp_throughput.py.
+  faster idiom of each client. These consumers are bench/amqp_throughput.py's, from bench/common.py.
 
 Every consumer runs at every --prefetch, each in its own fresh worker process on uvloop (pika on its
 own loops), so the comparison at one prefetch is like for like. Rounds (--repeat) go round-robin and
@@ -45,30 +45,43 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
 import shutil
-import struct
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script from anywhere, installed or not
+from common import (
+    ACK_EVERY,
+    SETTLE_SECONDS,
+    USAGE_HEADER,
+    Broker,
+    Result,
+    Span,
+    consume_aio_pika,
+    consume_aio_pika_callback,
+    consume_bare,
+    consume_pika_blocking,
+    consume_pika_select,
+    fastest,
+    filesystem_of,
+    log,
+    print_hotspots,
+    private_node,
+    proc_status_kb,
+    report_worker,
+    rotate,
+    spawn_worker,
+    stream_endpoint,
+    usage_columns,
+    version_of,
+)
 
-ACK_EVERY = 100
-CONFIRM_WINDOW = 1000
 SEGMENT_MAX_AGE = 1.0
-SETTLE_SECONDS = 1.0  # after filling, let the broker finish its own writes before a consumer starts
 POLL_SECONDS = 0.002  # how often the warren worker looks at its writer's committed sequence
 WORKER_TIMEOUT = 3600
 DEFAULT_PREFETCHES = "1000,10000"
@@ -92,43 +105,6 @@ def make_bodies(size: int, count: int = BODY_POOL) -> list[bytes]:
     compresses what real (incompressible) payloads would, not one body repeated."""
     rng = random.Random(0)
     return [rng.randbytes(size) for _ in range(count)]
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _proc_status_kb(field_name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-@dataclass
-class Span:
-    """The timed section of one run: wall time and this process's CPU time, plus RSS when it began."""
-
-    messages: int = 0
-    seconds: float = 0.0
-    cpu: float = 0.0
-    rss_before_kb: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    _t0: float = 0.0
-    _c0: float = 0.0
-
-    def start(self, t0: float | None = None, c0: float | None = None) -> Span:
-        self.rss_before_kb = _proc_status_kb("VmRSS")
-        self._t0 = time.perf_counter() if t0 is None else t0
-        self._c0 = time.process_time() if c0 is None else c0
-        return self
-
-    def stop(self, messages: int) -> Span:
-        self.seconds = time.perf_counter() - self._t0
-        self.cpu = time.process_time() - self._c0
-        self.messages = messages
-        return self
 
 
 # ---- warren (worker side) --------------------------------------------------------------------------
@@ -193,7 +169,7 @@ async def archive_warren(args: argparse.Namespace) -> Span:
     poll_sink = open_sink(sink_uri)
     stopping = asyncio.Event()
     t_call, c_call = time.perf_counter(), time.process_time()
-    rss_before = _proc_status_kb("VmRSS")
+    rss_before = proc_status_kb("VmRSS")
     task = asyncio.create_task(service.run_archiver(config, stopping=stopping))
     appended_at: float | None = None
     polls = 0
@@ -237,272 +213,11 @@ async def archive_warren(args: argparse.Namespace) -> Span:
     return span
 
 
-# ---- consumers that store nothing (copied from bench/amqp_throughput.py, prefetch as a parameter) -----
-
-
-async def consume_aio_pika(uri: str, queue: str, n: int, prefetch: int) -> Span:
-    """The queue iterator: measured faster than queue.consume(callback), which spawns a task per message."""
-    import aio_pika
-
-    conn = await aio_pika.connect(uri)
-    ch = await conn.channel()
-    await ch.set_qos(prefetch_count=prefetch)
-    q = await ch.get_queue(queue, ensure=False)
-    count = 0
-    nbytes = 0
-    span = Span().start()
-    async with q.iterator() as it:
-        async for message in it:
-            count += 1
-            nbytes += len(message.body)
-            if count % ACK_EVERY == 0 or count == n:
-                await message.ack(multiple=True)
-                if count == n:
-                    span.stop(count)
-                    break
-    await conn.close()
-    return span
-
-
-async def consume_aio_pika_callback(uri: str, queue: str, n: int, prefetch: int) -> Span:
-    import aio_pika
-
-    conn = await aio_pika.connect(uri)
-    ch = await conn.channel()
-    await ch.set_qos(prefetch_count=prefetch)
-    q = await ch.get_queue(queue, ensure=False)
-    done = asyncio.get_running_loop().create_future()
-    count = 0
-    nbytes = 0
-
-    async def on_message(message: Any) -> None:
-        nonlocal count, nbytes
-        count += 1
-        nbytes += len(message.body)
-        if count % ACK_EVERY == 0 or count == n:
-            await message.ack(multiple=True)
-            if count == n and not done.done():
-                done.set_result(None)
-
-    span = Span().start()
-    await q.consume(on_message)
-    await done
-    span.stop(count)
-    await conn.close()
-    return span
-
-
-def consume_pika_blocking(uri: str, queue: str, n: int, prefetch: int) -> Span:
-    import pika
-
-    conn = pika.BlockingConnection(pika.URLParameters(uri))
-    ch = conn.channel()
-    ch.basic_qos(prefetch_count=prefetch)
-    count = 0
-    nbytes = 0
-
-    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-        nonlocal count, nbytes
-        count += 1
-        nbytes += len(body)
-        if count % ACK_EVERY == 0 or count == n:
-            ch.basic_ack(method.delivery_tag, multiple=True)
-            if count == n:
-                ch.stop_consuming()
-
-    span = Span().start()
-    ch.basic_consume(queue, on_message)
-    ch.start_consuming()
-    span.stop(count)
-    conn.close()
-    return span
-
-
-def consume_pika_select(uri: str, queue: str, n: int, prefetch: int) -> Span:
-    import pika
-
-    st: dict[str, Any] = {"count": 0, "nbytes": 0}
-    span = Span()
-
-    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-        st["count"] += 1
-        st["nbytes"] += len(body)
-        count = st["count"]
-        if count % ACK_EVERY == 0 or count == n:
-            ch.basic_ack(method.delivery_tag, multiple=True)
-            if count == n:
-                span.stop(count)
-                conn.close()
-
-    def on_qos(ch: Any) -> None:
-        span.start()
-        ch.basic_consume(queue, on_message)
-
-    def on_channel(ch: Any) -> None:
-        ch.basic_qos(prefetch_count=prefetch, callback=lambda _frame: on_qos(ch))
-
-    def on_error(_conn: Any, err: Any) -> None:
-        st["error"] = err
-        conn.ioloop.stop()
-
-    conn = pika.SelectConnection(
-        pika.URLParameters(uri),
-        on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
-        on_open_error_callback=on_error,
-        on_close_callback=lambda _c, _reason: conn.ioloop.stop(),
-    )
-    conn.ioloop.start()
-    if "error" in st:
-        raise RuntimeError(f"pika SelectConnection failed: {st['error']}")
-    return span
-
-
-_frame_head = struct.Struct(">BHI")
-_ack_frame = struct.Struct(">BHIHHQBB")
-_DELIVER = b"\x00\x3c\x00\x3c"
-
-
-class BareConsumer(asyncio.Protocol):
-    """The least a Python consumer can do: find frame boundaries, count basic.deliver, ack every 100.
-
-    Delivery tags on a fresh channel with one consumer are 1, 2, 3..., so the count is the tag.
-    """
-
-    def __init__(self, user: str, password: str, vhost: str, queue: str, n: int, prefetch: int) -> None:
-        loop = asyncio.get_running_loop()
-        self.user, self.password, self.vhost, self.queue, self.n = user, password, vhost, queue, n
-        self.prefetch = prefetch
-        self.transport: asyncio.Transport | None = None
-        self.rest = b""
-        self.streaming = False
-        self.count = 0
-        self.acked = 0
-        self.span = Span()
-        self.done = loop.create_future()
-        self.lost = loop.create_future()
-        self.closing = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        from pamqp.header import ProtocolHeader
-
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(ProtocolHeader().marshal())  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
-        if not self.done.done():
-            self.done.set_exception(ConnectionError(f"bare consumer lost the connection: {exc}"))
-
-    async def close(self) -> None:
-        """connection.close, then wait for the broker to drop the socket: it has then settled our last ack
-        (closing the socket at once can leave the last acks unprocessed and their messages requeued)."""
-        from pamqp import commands, frame
-
-        self.closing = True  # whatever comes now (close-ok) is dropped
-        self.transport.write(frame.marshal(commands.Connection.Close(200, "bye", 0, 0), 0))  # type: ignore[union-attr]
-        try:
-            await asyncio.wait_for(asyncio.shield(self.lost), 5)
-        except TimeoutError:
-            self.transport.close()  # type: ignore[union-attr]
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        buf = self.rest + data if self.rest else data
-        if not self.streaming:
-            buf = self._handshake(buf)
-            if not self.streaming:
-                self.rest = buf
-                return
-        pos = 0
-        end = len(buf)
-        count = self.count
-        unpack = _frame_head.unpack_from
-        startswith = buf.startswith
-        while end - pos >= 7:
-            ftype, _channel, size = unpack(buf, pos)
-            frame_end = pos + 8 + size
-            if frame_end > end:
-                break
-            if ftype == 1 and startswith(_DELIVER, pos + 7):
-                count += 1
-            pos = frame_end
-        self.rest = buf[pos:] if pos < end else b""
-        self.count = count
-        if count - self.acked >= ACK_EVERY or (count >= self.n and self.acked < count):
-            tag = count if count >= self.n else count - count % ACK_EVERY
-            self.transport.write(_ack_frame.pack(1, 1, 13, 60, 80, tag, 1, 0xCE))  # type: ignore[union-attr]
-            self.acked = tag
-        if count >= self.n and not self.done.done():
-            self.done.set_result(self.span.stop(count))
-
-    def _handshake(self, buf: bytes) -> bytes:
-        from pamqp import commands, exceptions, frame
-
-        while buf and not self.streaming:
-            try:
-                consumed, _channel, method = frame.unmarshal(buf)
-            except exceptions.UnmarshalingException:
-                return buf
-            buf = buf[consumed:]
-            reply: list[tuple[int, Any]] = []
-            if isinstance(method, commands.Connection.Start):
-                reply.append(
-                    (
-                        0,
-                        commands.Connection.StartOk(
-                            client_properties={"product": "bare"},
-                            mechanism="PLAIN",
-                            response=f"\0{self.user}\0{self.password}",
-                            locale="en_US",
-                        ),
-                    )
-                )
-            elif isinstance(method, commands.Connection.Tune):
-                reply.append((0, commands.Connection.TuneOk(method.channel_max, method.frame_max, 0)))
-                reply.append((0, commands.Connection.Open(self.vhost)))
-            elif isinstance(method, commands.Connection.OpenOk):
-                reply.append((1, commands.Channel.Open()))
-            elif isinstance(method, commands.Channel.OpenOk):
-                reply.append((1, commands.Basic.Qos(prefetch_count=self.prefetch)))
-            elif isinstance(method, commands.Basic.QosOk):
-                reply.append((1, commands.Basic.Consume(queue=self.queue, consumer_tag="bare")))
-                self.span.start()
-            elif isinstance(method, commands.Basic.ConsumeOk):
-                self.streaming = True
-            elif isinstance(method, commands.Connection.Close | commands.Channel.Close):
-                raise ConnectionError(f"broker closed: {method.reply_code} {method.reply_text}")
-            for number, m in reply:
-                self.transport.write(frame.marshal(m, number))  # type: ignore[union-attr]
-        return buf
-
-
-async def consume_bare(uri: str, queue: str, n: int, prefetch: int) -> Span:
-    u = urlsplit(uri)
-    vhost = unquote(u.path[1:]) if len(u.path) > 1 else "/"
-    loop = asyncio.get_running_loop()
-    user, password = unquote(u.username or "guest"), unquote(u.password or "guest")
-    _, proto = await loop.create_connection(
-        lambda: BareConsumer(user, password, vhost, queue, n, prefetch), u.hostname or "127.0.0.1", u.port or 5672
-    )
-    span = await proto.done
-    await proto.close()
-    return span
-
-
 async def count_rstream(stream_uri: str, stream: str, n: int) -> Span:
     """A bare rstream consumer from the first offset that only counts: decoder=None, default credit."""
     from rstream import Consumer, ConsumerOffsetSpecification, OffsetType
 
-    u = urlsplit(stream_uri)
-    consumer = Consumer(
-        u.hostname or "127.0.0.1",
-        u.port or 5552,
-        username=unquote(u.username or "guest"),
-        password=unquote(u.password or "guest"),
-        vhost=unquote(u.path[1:]) if len(u.path) > 1 else "/",
-    )
+    consumer = Consumer(**stream_endpoint(stream_uri))
     await consumer.start()
     done = asyncio.get_running_loop().create_future()
     count = 0
@@ -546,128 +261,10 @@ def run_worker(args: argparse.Namespace) -> None:
             return SYNC_CONSUMERS[client](args.broker, args.queue, args.messages, args.prefetch)
         return run(ASYNC_CONSUMERS[client](args.broker, args.queue, args.messages, args.prefetch))
 
-    if args.cprofile:
-        import cProfile
-
-        prof = cProfile.Profile()
-        result = prof.runcall(call)
-        prof.dump_stats(args.cprofile)
-    else:
-        result = call()
-    print(
-        json.dumps(
-            {
-                "messages": result.messages,
-                "seconds": result.seconds,
-                "cpu": result.cpu,
-                "rss_before_kb": result.rss_before_kb,
-                "peak_rss_kb": _proc_status_kb("VmHWM"),
-                "extra": result.extra,
-            }
-        )
-    )
+    report_worker(call, args.cprofile)
 
 
 # ---- orchestration ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Result:
-    client: str
-    prefetch: int | None
-    messages: int
-    seconds: float
-    cpu: float
-    rss_before_kb: int
-    peak_rss_kb: int
-    extra: dict[str, Any]
-
-    @classmethod
-    def from_worker(cls, client: str, prefetch: int | None, r: dict[str, Any]) -> Result:
-        return cls(
-            client,
-            prefetch,
-            r["messages"],
-            r["seconds"],
-            r["cpu"],
-            r["rss_before_kb"],
-            r["peak_rss_kb"],
-            r.get("extra") or {},
-        )
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds if self.seconds > 0 else float("inf")
-
-
-class Broker:
-    """Queue and stream housekeeping on the broker under test, with warren's client (outside every timing)."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-
-    def _run(self, coro: Any) -> Any:
-        from protocol.loop import run
-
-        return run(coro)
-
-    async def _with_channel(self, fn: Any) -> Any:
-        from protocol import connect
-
-        conn = await connect(self.uri)
-        try:
-            return await fn(conn, await conn.channel())
-        finally:
-            await conn.close()
-
-    def version(self) -> str:
-        async def go(conn: Any, _ch: Any) -> str:
-            v = conn.server_properties.get("version", "?")
-            return v.decode() if isinstance(v, bytes) else str(v)
-
-        return self._run(self._with_channel(go))
-
-    def fresh(self, tag: str, *, stream: bool = False) -> str:
-        return self.declare(f"warren.bench.{tag}.{uuid.uuid4().hex[:8]}", stream=stream)
-
-    def declare(self, name: str, *, stream: bool = False) -> str:
-        """A durable classic queue, or a stream."""
-        kind = "stream" if stream else "classic"
-
-        async def go(_conn: Any, ch: Any) -> None:
-            await ch.queue_declare(name, durable=True, arguments={"x-queue-type": kind})
-
-        self._run(self._with_channel(go))
-        return name
-
-    def depth(self, name: str) -> int:
-        async def go(_conn: Any, ch: Any) -> int:
-            return (await ch.queue_declare(name, passive=True)).message_count
-
-        return self._run(self._with_channel(go))
-
-    def delete(self, name: str) -> None:
-        async def go(_conn: Any, ch: Any) -> None:
-            await ch.queue_delete(name)
-
-        self._run(self._with_channel(go))
-
-    def fill(self, name: str, n: int, bodies: list[bytes]) -> float:
-        """N persistent messages with warren's publisher (confirms, 1000 in flight), the bodies in turn."""
-
-        async def go(_conn: Any, ch: Any) -> None:
-            from protocol import Properties
-
-            await ch.confirm_select(window=CONFIRM_WINDOW)
-            props = Properties(delivery_mode=2)
-            pool = len(bodies)
-            for i in range(n):
-                await ch.publish("", name, bodies[i % pool], properties=props)
-            await ch.wait_for_confirms()
-
-        t0 = time.perf_counter()
-        self._run(self._with_channel(go))
-        return time.perf_counter() - t0
 
 
 def spawn(
@@ -680,22 +277,8 @@ def spawn(
     sink: str | None = None,
     cprofile: str | None = None,
 ) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        client,
-        "--broker",
-        args.broker,
-        "--queue",
-        queue,
-        "--messages",
-        str(n),
-        "--size",
-        str(args.size),
-        "--prefetch",
-        str(prefetch or 0),
-    ]
+    argv = ["--worker", client, "--broker", args.broker, "--queue", queue, "--messages", str(n)]
+    argv += ["--size", str(args.size), "--prefetch", str(prefetch or 0)]
     for flag, value in (
         ("--management-uri", args.management_uri),
         ("--stream-uri", args.stream_uri),
@@ -703,11 +286,8 @@ def spawn(
         ("--cprofile", cprofile),
     ):
         if value:
-            cmd += [flag, value]
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=WORKER_TIMEOUT, cwd=ROOT)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker {client} failed with exit code {out.returncode}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+            argv += [flag, value]
+    return spawn_worker(str(Path(__file__).resolve()), argv, client, WORKER_TIMEOUT)
 
 
 def measure_queue(
@@ -747,19 +327,6 @@ def measure_stream(args: argparse.Namespace, client: str, stream: str, n: int) -
     return result
 
 
-def rotate(items: list[Any], by: int) -> list[Any]:
-    if not items:
-        return items
-    by %= len(items)
-    return items[by:] + items[:by]
-
-
-def fastest(results: list[Result], family: str) -> Result | None:
-    """The fastest run of a client family: 'pika' covers pika (blocking) and pika-select."""
-    runs = [r for r in results if r.client == family or r.client.startswith(family + "-")]
-    return max(runs, key=lambda r: r.rate) if runs else None
-
-
 def describe_warren(r: Result) -> str:
     e = r.extra
     appended = e.get("appended_s")
@@ -773,17 +340,14 @@ def describe_warren(r: Result) -> str:
 
 
 def print_table(title: str, results: list[Result]) -> None:
-    header = (
-        f"{'client':<18} {'prefetch':>8} {'messages':>9} {'seconds':>8} {'msgs/s':>9} "
-        f"{'client CPU':>10} {'CPU us/msg':>10} {'peak RSS':>9}"
-    )
+    header = f"{'client':<18} {'prefetch':>8} {'messages':>9} {'seconds':>8} {'msgs/s':>9} " + USAGE_HEADER
     print(title)
     print(header)
     print("-" * len(header))
     for r in results:
         print(
             f"{r.client:<18} {r.prefetch or '-':>8} {r.messages:>9} {r.seconds:>8.2f} {r.rate:>9.0f} "
-            f"{100 * r.cpu / r.seconds:>9.0f}% {1e6 * r.cpu / r.messages:>10.1f} {r.peak_rss_kb / 1024:>7.1f}MB"
+            + usage_columns(r)
         )
 
 
@@ -842,7 +406,7 @@ def run_all(args: argparse.Namespace) -> None:
     jobs = [(c, p) for p in prefetches for c in queue_clients]
     n = args.messages
     workdir = args.workdir or tempfile.gettempdir()
-    fs = subprocess.run(["df", "-T", workdir], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
+    fs = filesystem_of(workdir)
     print(
         f"warren archive_throughput: {n} persistent messages of {args.size} bytes; queue runs: a fresh durable "
         f"classic queue each, prefetch {args.prefetch}, baselines multiple-ack every {ACK_EVERY}; warren: move, "
@@ -851,7 +415,7 @@ def run_all(args: argparse.Namespace) -> None:
     )
     print(
         f"RabbitMQ {broker.version()}, Python {platform.python_version()}, uvloop {uvloop.__version__}, "
-        f"aio-pika {aio_pika.__version__}, pika {pika.__version__}, rstream {_version(rstream)}, "
+        f"aio-pika {aio_pika.__version__}, pika {pika.__version__}, rstream {version_of(rstream)}, "
         f"{os.cpu_count()} CPUs (broker on the same host), load average {os.getloadavg()[0]:.2f} at start\n"
     )
     sys.stdout.flush()
@@ -933,8 +497,6 @@ def measure_rss(args: argparse.Namespace, broker: Broker, bodies: list[bytes], p
 def profile_warren(
     args: argparse.Namespace, broker: Broker, bodies: list[bytes], prefetches: list[int], stream: str | None
 ) -> None:
-    import pstats
-
     with tempfile.TemporaryDirectory() as tmp:
         runs: list[tuple[str, str, int | None]] = [(WARREN, "queue", p) for p in prefetches]
         if stream is not None:
@@ -956,22 +518,9 @@ def profile_warren(
                 shutil.rmtree(sink, ignore_errors=True)
             what = f"{client} prefetch {prefetch}" if prefetch else client
             print(f"\ncProfile of {what} ({args.messages} messages, {r.rate:.0f} msgs/s under the profiler):")
-            stats = pstats.Stats(path, stream=sys.stdout)
-            print("top 25 by own time:")
-            stats.sort_stats("tottime").print_stats(25)
-            print("warren's own functions, top 25 by cumulative time:")
-            stats.sort_stats("cumulative").print_stats(r"/(bridge|protocol|sinks)/", 25)
+            print_hotspots(path)
         if stream is not None:
             broker.delete(stream)
-
-
-def _version(module: Any) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(module.__name__)
-    except Exception:
-        return getattr(module, "__version__", "?")
 
 
 def main() -> None:
@@ -1009,19 +558,11 @@ def main() -> None:
         run_all(args)
         return
 
-    from bridge.localnode import LocalNode
-
-    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
-        log(f"starting a private RabbitMQ node in {tmp}")
-        node = LocalNode(Path(tmp) / "node")
-        try:
-            node.start()
-            args.broker = node.amqp_uri
-            args.management_uri = node.management_uri
-            args.stream_uri = args.stream_uri or node.stream_uri
-            run_all(args)
-        finally:
-            node.destroy()
+    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp, private_node(Path(tmp)) as node:
+        args.broker = node.amqp_uri
+        args.management_uri = node.management_uri
+        args.stream_uri = args.stream_uri or node.stream_uri
+        run_all(args)
 
 
 if __name__ == "__main__":

@@ -43,24 +43,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-for path in (ROOT, Path(__file__).resolve().parent):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))  # run as a script from anywhere; archive_throughput sits beside us
-
-from archive_throughput import Broker, Result, Span, _proc_status_kb, _version, log, rotate  # noqa: E402
+from common import (
+    USAGE_HEADER,
+    Broker,
+    Result,
+    Span,
+    filesystem_of,
+    log,
+    print_hotspots,
+    private_node,
+    report_worker,
+    rotate,
+    spawn_worker,
+    stream_endpoint,
+    usage_columns,
+    version_of,
+)
 
 QUEUE = "bench.replay"
 STREAM = "bench.replay.stream"
@@ -234,14 +241,7 @@ async def publish_rstream(args: argparse.Namespace) -> Span:
     from rstream.utils import RawMessage
 
     encoded = encode_stream_messages(make_bodies(args.messages, args.size))
-    u = urlsplit(args.stream_uri)
-    producer = Producer(
-        u.hostname or "127.0.0.1",
-        u.port or 5552,
-        username=unquote(u.username or "guest"),
-        password=unquote(u.password or "guest"),
-        vhost=unquote(u.path[1:]) if len(u.path) > 1 else "/",
-    )
+    producer = Producer(**stream_endpoint(args.stream_uri))
     await producer.start()
     confirmed = 0
     refused: list[Any] = []
@@ -292,40 +292,19 @@ def run_worker(args: argparse.Namespace) -> None:
     def call() -> Span:
         return run(WORKERS[args.worker](args))
 
-    if args.cprofile:
-        import cProfile
-
-        prof = cProfile.Profile()
-        result = prof.runcall(call)
-        prof.dump_stats(args.cprofile)
-    else:
-        result = call()
-    print(
-        json.dumps(
-            {
-                "messages": result.messages,
-                "seconds": result.seconds,
-                "cpu": result.cpu,
-                "rss_before_kb": result.rss_before_kb,
-                "peak_rss_kb": _proc_status_kb("VmHWM"),
-            }
-        )
-    )
+    report_worker(call, args.cprofile)
 
 
 # ---- orchestration ------------------------------------------------------------------------------------
 
 
 def spawn(args: argparse.Namespace, client: str, archive: Path | None, cprofile: str | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", client, "--broker", args.broker]
-    cmd += ["--messages", str(args.messages), "--size", str(args.size)]
+    argv = ["--worker", client, "--broker", args.broker]
+    argv += ["--messages", str(args.messages), "--size", str(args.size)]
     for flag, value in (("--stream-uri", args.stream_uri), ("--archive", archive), ("--cprofile", cprofile)):
         if value:
-            cmd += [flag, str(value)]
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=WORKER_TIMEOUT, cwd=ROOT)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker {client} failed with exit code {out.returncode}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+            argv += [flag, str(value)]
+    return spawn_worker(str(Path(__file__).resolve()), argv, client, WORKER_TIMEOUT)
 
 
 def reset(broker: Broker, stream: bool) -> None:
@@ -355,7 +334,7 @@ def measure(
 def print_table(title: str, results: list[Result]) -> None:
     header = (
         f"{'client':<16} {'in flight':>9} {'messages':>9} {'seconds':>8} {'msgs/s':>9} {'warren/this':>11} "
-        f"{'client CPU':>10} {'CPU us/msg':>10} {'peak RSS':>9}"
+        + USAGE_HEADER
     )
     print(title)
     print(header)
@@ -365,7 +344,7 @@ def print_table(title: str, results: list[Result]) -> None:
         ratio = f"{ours.rate / r.rate:.2f}x" if ours else "-"
         print(
             f"{r.client:<16} {r.prefetch:>9} {r.messages:>9} {r.seconds:>8.2f} {r.rate:>9.0f} {ratio:>11} "
-            f"{100 * r.cpu / r.seconds:>9.0f}% {1e6 * r.cpu / r.messages:>10.1f} {r.peak_rss_kb / 1024:>7.1f}MB"
+            + usage_columns(r)
         )
 
 
@@ -385,7 +364,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> None:
     queue_clients = [c for c in QUEUE_CLIENTS if only is None or c in only or "queue" in only]
     stream_clients = [c for c in STREAM_CLIENTS if only is None or c in only or "stream" in only]
     queue_archive, stream_archive, note = make_archives(workdir, args.messages, args.size)
-    fs = subprocess.run(["df", "-T", str(workdir)], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
+    fs = filesystem_of(workdir)
     print(
         f"warren replay_throughput: {args.messages} persistent messages of {args.size} bytes (random bodies), "
         f"into queue {QUEUE!r} (durable classic, mandatory, confirms, {CONFIRM_WINDOW} in flight) and stream "
@@ -394,7 +373,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> None:
     print(note)
     print(
         f"RabbitMQ {broker.version()}, Python {platform.python_version()}, uvloop {uvloop.__version__}, "
-        f"aio-pika {aio_pika.__version__}, rstream {_version(rstream)}, {os.cpu_count()} CPUs (broker on the same "
+        f"aio-pika {aio_pika.__version__}, rstream {version_of(rstream)}, {os.cpu_count()} CPUs (broker on the same "
         f"host), load average {os.getloadavg()[0]:.2f} at start\n"
     )
     sys.stdout.flush()
@@ -444,18 +423,12 @@ def profile_warren(
     queue_clients: list[str],
     stream_clients: list[str],
 ) -> None:
-    import pstats
-
     with tempfile.TemporaryDirectory() as tmp:
         for client in [c for c in ("warren", "warren-stream") if c in queue_clients + stream_clients]:
             path = os.path.join(tmp, f"{client}.prof")
             r = measure(args, broker, client, archives[client], cprofile=path)
             print(f"\ncProfile of {client} replay ({args.messages} messages, {r.rate:.0f} msgs/s under the profiler):")
-            stats = pstats.Stats(path, stream=sys.stdout)
-            print("top 25 by own time:")
-            stats.sort_stats("tottime").print_stats(25)
-            print("warren's own functions, top 25 by cumulative time:")
-            stats.sort_stats("cumulative").print_stats(r"/(bridge|protocol|sinks)/", 25)
+            print_hotspots(path)
 
 
 def main() -> None:
@@ -481,17 +454,10 @@ def main() -> None:
         if args.broker:
             run_all(args, Path(tmp))
             return
-        from bridge.localnode import LocalNode
-
-        log(f"starting a private RabbitMQ node in {tmp}")
-        node = LocalNode(Path(tmp) / "node")
-        try:
-            node.start()
+        with private_node(Path(tmp)) as node:
             args.broker = node.amqp_uri
             args.stream_uri = args.stream_uri or node.stream_uri
             run_all(args, Path(tmp))
-        finally:
-            node.destroy()
 
 
 if __name__ == "__main__":

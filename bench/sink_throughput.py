@@ -46,17 +46,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script from anywhere, installed or not
+from common import rotate  # first: it puts the repository root on sys.path
 
-from bridge.archive.reader import list_segments, read_index  # noqa: E402
-from bridge.archive.record import Source, SourceKind  # noqa: E402
-from bridge.archive.writer import Durable, RollPolicy, SegmentWriter  # noqa: E402
-from protocol.loop import run  # noqa: E402
-from protocol.message import Message, encode_properties  # noqa: E402
-from sinks import LocalSink, ObjectInfo, Sink, open_sink  # noqa: E402
-from sinks.mirror import MirroredSink  # noqa: E402
+from bridge.archive.reader import list_segments, read_index
+from bridge.archive.record import Source, SourceKind
+from bridge.archive.writer import Durable, RollPolicy, SegmentWriter
+from protocol.loop import run
+from protocol.message import Message, encode_properties
+from sinks import LocalSink, ObjectInfo, Sink, open_sink
+from sinks.mirror import MirroredSink
 
 BODY_SIZE = 256
 SEGMENT_MAX = 8 * 1024 * 1024
@@ -328,7 +326,7 @@ def main() -> None:
         names = [s for s in SINKS if s in wanted and s in found.factories]
         runs: dict[str, list[Result]] = {name: [] for name in names}
         for round_ in range(args.repeat):  # round-robin, each round starting one further on
-            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            for name in rotate(names, round_):
                 result = run(archive(name, found.factories[name](), messages))
                 print(f"round {round_ + 1}: {name}: {result.records_per_s:,.0f} records/s", file=sys.stderr)
                 runs[name].append(result)
