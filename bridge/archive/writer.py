@@ -133,16 +133,25 @@ class SegmentWriter:
         self._ager = asyncio.create_task(self._age_loop(), name=f"roll-by-age {self.source}")
 
     async def recover(self) -> None:
-        """The checkpoint may lag the segments (a crash between the two): look past it."""
+        """Where the archive ends for this source: the checkpoint may lag the segments (a crash between
+        the two), so look past it, up to the first gap."""
         checkpoint = await read_checkpoint(self.sink, self.prefix, self.source)
         last_seq = checkpoint.last_seq if checkpoint else 0
         last_offset = checkpoint.last_offset if checkpoint else None
         for seg in await list_segments(self.sink, self.prefix, self.source):
-            if seg.first_seq > last_seq:
-                index = await read_index(self.sink, seg)
-                last_seq = index.last_seq
-                if index.last_offset is not None:
-                    last_offset = index.last_offset
+            if seg.first_seq <= last_seq:
+                continue
+            if seg.first_seq > last_seq + 1:
+                # Uploaded alongside a segment that never completed: segments are made known (and
+                # their messages acknowledged) only in order, so the broker still holds these messages
+                # and delivers them again. Keeping them would leave a gap in the sequence.
+                log.warning("removing a segment uploaded after one that never completed", extra={"key": seg.key})
+                await self.sink.delete(seg.key)
+                continue
+            index = await read_index(self.sink, seg)
+            last_seq = index.last_seq
+            if index.last_offset is not None:
+                last_offset = index.last_offset
         self.committed_seq = last_seq
         self.committed_offset = last_offset
         self.next_seq = last_seq + 1

@@ -133,9 +133,9 @@ def test_sigterm_mid_flow_commits_every_message_received_and_leaves_the_rest_que
 
 
 def test_on_confirm_acknowledges_only_messages_already_in_a_durable_segment(broker, witness, archivers, tmp_path):
-    # prefetch-count 100 makes the archiver roll a segment every 50 records; segment-max-age 60 keeps a
-    # partial segment open far longer than the test. So with 1030 messages, 1000 must be durable and
-    # acknowledged, and the last 30 must be held unacknowledged while they are not in the archive.
+    # prefetch-count 100 makes the archiver roll a segment every 25 records (a quarter of the window);
+    # segment-max-age 60 keeps a partial segment open far longer than the test. So with 1030 messages,
+    # 1025 must be durable and acknowledged, and the last 5 held unacknowledged while not in the archive.
     queue = "archiver.on-confirm"
     sink = tmp_path / "archive"
     witness.declare_queue(queue)
@@ -151,20 +151,20 @@ def test_on_confirm_acknowledges_only_messages_already_in_a_durable_segment(brok
     archiver = archivers.start("--config", str(config))
 
     source = queue_source(queue)
-    wait_until(lambda: archived_count(sink, source) >= 1000, timeout=30, what="1000 records in the archive")
+    wait_until(lambda: archived_count(sink, source) >= 1025, timeout=30, what="1025 records in the archive")
     samples: list[tuple[int, int]] = []
 
     def settled() -> bool:
         samples.append(queue_counts(broker, queue))
-        return samples[-1] == (0, 30)
+        return samples[-1] == (0, 5)
 
-    wait_until(settled, timeout=30, what="ready 0, unacknowledged 30")
+    wait_until(settled, timeout=30, what="ready 0, unacknowledged 5")
     assert max(unacked for _, unacked in samples) <= 100, samples
-    assert time.monotonic() - started < 50, "segments rolled by age, not by half the prefetch window"
+    assert time.monotonic() - started < 50, "segments rolled by age, not by a quarter of the prefetch window"
     # Everything the broker no longer holds is on disk, and nothing the broker still holds is.
-    assert archived_count(sink, source) == 1000
-    assert message_ids(read_archive(sink, source)) == [f"msg-{i:07d}" for i in range(1000)]
-    assert max(segment_sizes(sink, source)) <= 50
+    assert archived_count(sink, source) == 1025
+    assert message_ids(read_archive(sink, source)) == [f"msg-{i:07d}" for i in range(1025)]
+    assert max(segment_sizes(sink, source)) <= 25
 
     archiver.terminate()
     assert message_ids(read_archive(sink, source)) == [f"msg-{i:07d}" for i in range(1030)]

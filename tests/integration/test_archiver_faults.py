@@ -63,9 +63,12 @@ def assert_at_least_once_with_redelivered_duplicates(records: list[Record], expe
         assert len({r.body for r in same}) == 1 and len({r.raw_properties for r in same}) == 1
 
 
-def kill_after(archiver: ArchiverProcess, sink: Path, source: Source, rng: random.Random, most: int, note: str) -> int:
-    """kill -9 once between 1000 and `most` more records are committed, at a random instant; the sequence then."""
-    kill_at = committed_seq(sink, source) + rng.randrange(1000, most)
+def kill_after(
+    archiver: ArchiverProcess, sink: Path, source: Source, rng: random.Random, most: int, note: str, total: int
+) -> int:
+    """kill -9 once between 1000 and `most` more records are committed (never past `total`, all there
+    is), at a random instant; the sequence then."""
+    kill_at = min(committed_seq(sink, source) + rng.randrange(1000, most), total)
     wait_until(
         lambda: committed_seq(sink, source) >= kill_at or not archiver.running(),
         timeout=60,
@@ -94,7 +97,7 @@ def test_archiver_killed_at_random_moments_loses_nothing_and_marks_duplicates_re
     note = f"seed {seed}, published at {rate:.0f} msg/s"
 
     # Three kills, each after a random number of further committed records and a random instant more.
-    killed_with = [kill_after(archivers.start(*args), sink, source, rng, 12_000, note) for _ in range(3)]
+    killed_with = [kill_after(archivers.start(*args), sink, source, rng, 12_000, note, count) for _ in range(3)]
 
     archiver = archivers.start(*args)
     archiver.wait_for_log("msg=archiving")
@@ -176,7 +179,7 @@ def test_stream_archiver_killed_and_restarted_archives_every_offset_exactly_once
     note = f"seed {seed}"
 
     killed_with = [
-        kill_after(archivers.start("--config", str(config)), sink, source, rng, 8000, note) for _ in range(3)
+        kill_after(archivers.start("--config", str(config)), sink, source, rng, 8000, note, count) for _ in range(3)
     ]
 
     archiver = archivers.start("--config", str(config))

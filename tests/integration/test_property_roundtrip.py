@@ -22,7 +22,7 @@ scalars = st.one_of(
     st.text(max_size=60),
     st.builds(bytearray, st.binary(max_size=40)),
     st.builds(lambda m, e: decimal.Decimal(m).scaleb(-e), st.integers(-(10**8), 10**8), st.integers(0, 6)),
-    st.floats(allow_nan=False, width=32),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),  # RabbitMQ fails (541) on infinities
     st.integers(min_value=0, max_value=2**32 - 1).map(lambda s: dt.datetime.fromtimestamp(s, dt.UTC)),
 )
 tables = st.recursive(
