@@ -468,3 +468,36 @@ def test_recovery_reads_the_stream_offset_from_segments_after_the_checkpoint(tmp
         return again.next_seq, again.committed_offset
 
     assert run(scenario()) == (6, 504)
+
+
+def test_recovery_removes_segments_uploaded_after_one_that_never_completed(tmp_path):
+    # Uploads run several at once but are made known (and acknowledged) in order: if the process dies
+    # while segment 2 is still uploading and 3 has landed, 3's messages were never acknowledged, and
+    # keeping it would leave a gap in the sequence once they are archived again.
+    async def scenario() -> tuple[list[int], int, list[int]]:
+        sink = await open_sink(tmp_path)
+        writer = SegmentWriter(sink, QUEUE, policy=BIG)
+        await writer.start()
+        for n in (1, 2, 3):
+            writer.append_message(msg(n))
+            writer.roll()
+        await writer.close()
+        segments = await list_segments(sink, "", QUEUE)
+        await sink.delete(segments[1].key)  # segment 2 never completed
+        await write_checkpoint(sink, "", QUEUE, Checkpoint(1, None, segments[0].key, 0, 0))
+        again = SegmentWriter(sink, QUEUE, policy=BIG)
+        await again.start()  # recovers where the archive ends
+        left = [s.first_seq for s in await list_segments(sink, "", QUEUE)]
+        again.append_message(msg(2))
+        again.append_message(msg(3))
+        await again.close()
+        return (
+            left,
+            again.next_seq,
+            [r.seq for s in await list_segments(sink, "", QUEUE) async for r in read_records(sink, s)],
+        )
+
+    left, next_seq, seqs = run(scenario())
+    assert left == [1]  # segment 3 removed: the broker still holds its messages
+    assert seqs == [1, 2, 3]  # archived again, without a gap
+    assert next_seq == 4
