@@ -33,10 +33,6 @@ async def list_segments(sink: Sink, prefix: str = "", source: Source | None = No
     return found
 
 
-async def list_sources(sink: Sink, prefix: str = "") -> list[Source]:
-    return sorted({seg.source for seg in await list_segments(sink, prefix)})
-
-
 async def read_index(sink: Sink, segment: SegmentKey) -> SegmentIndex:
     """A segment's footer index, with one or two range reads and no decompression."""
     info = await sink.head(segment.key)

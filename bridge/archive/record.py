@@ -76,9 +76,6 @@ class Record:
             self._properties = decode_properties(self.raw_properties)
         return self._properties
 
-    def to_message(self) -> Message:
-        return Message(self.body, self.raw_properties, exchange=self.exchange, routing_key=self.routing_key)
-
 
 # msgpack keys, fixed by docs/FORMAT.md
 K_KIND, K_SEQ, K_CAPTURED, K_BODY = "k", "s", "c", "b"

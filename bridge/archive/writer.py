@@ -189,11 +189,6 @@ class SegmentWriter:
         return seq
 
     @property
-    def open_records(self) -> int:
-        """Records appended but not yet durable."""
-        return self.next_seq - 1 - self.committed_seq
-
-    @property
     def has_room(self) -> bool:
         return self._room.is_set()
 

@@ -18,7 +18,7 @@ from bridge.archive.writer import RollPolicy, SegmentWriter
 from bridge.archiver.definitions import DefinitionsRecorder
 from bridge.archiver.queue_source import QueueSource
 from bridge.archiver.stream_source import StreamSource
-from bridge.config import ArchiverConfig, QueueSourceConfig, resolve_stream_uri, with_vhost
+from bridge.config import ArchiverConfig, QueueSourceConfig, SourceConfig, resolve_stream_uri, with_vhost
 from bridge.errors import ConfigError
 from sinks import Sink, open_sink
 from sinks.mirror import MirroredSink
@@ -28,7 +28,7 @@ log = logging.getLogger("warren.archiver")
 PROGRESS_EVERY = 30.0
 
 
-def _writer(sink: Sink, config: ArchiverConfig, source: QueueSourceConfig | object) -> SegmentWriter:
+def _writer(sink: Sink, config: ArchiverConfig, source: SourceConfig) -> SegmentWriter:
     policy = RollPolicy(max_bytes=config.archive.segment_max_bytes, max_age=config.archive.segment_max_age)
     if isinstance(source, QueueSourceConfig):
         archive_source = Source(source.vhost, SourceKind.QUEUE, source.queue)
@@ -38,7 +38,7 @@ def _writer(sink: Sink, config: ArchiverConfig, source: QueueSourceConfig | obje
             # deliveries flowing while earlier segments are being made durable.
             policy = replace(policy, max_records=max(1, source.prefetch_count // 4))
     else:
-        archive_source = Source(source.vhost, SourceKind.STREAM, source.stream)  # type: ignore[attr-defined]
+        archive_source = Source(source.vhost, SourceKind.STREAM, source.stream)
     return SegmentWriter(sink, archive_source, policy=policy)
 
 
