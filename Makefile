@@ -7,16 +7,38 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# RabbitMQ 4.0: Debian 13's package (4.0.5 on Erlang 27) in a Debian 13 tree of the project's own,
+# which the test harness runs with chroot beside the host's 3.10.
+TRIXIE := .tools/trixie
+RABBITMQ40_SERVER := $(TRIXIE)/usr/lib/rabbitmq/bin/rabbitmq-server
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench acceptance soak clean
 
 AZURITE := .tools/node_modules/.bin/azurite-blob
 
-setup: $(STAMP) $(RABBITMQ_SERVER) $(AZURITE)
+setup: $(STAMP) $(RABBITMQ_SERVER) $(RABBITMQ40_SERVER) $(AZURITE)
 
 $(RABBITMQ_SERVER):
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q rabbitmq-server
+
+/usr/sbin/debootstrap:
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q debootstrap
+
+# Built under a temporary name and moved into place last, so an interrupted set-up starts over.
+# policy-rc.d keeps the package from starting a broker of its own inside the tree.
+$(RABBITMQ40_SERVER): | /usr/sbin/debootstrap
+	$(SUDO) rm -rf --one-file-system $(TRIXIE).partial
+	mkdir -p $(dir $(TRIXIE))
+	$(SUDO) debootstrap --variant=minbase trixie $(CURDIR)/$(TRIXIE).partial $(DEBIAN_MIRROR)
+	printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee $(TRIXIE).partial/usr/sbin/policy-rc.d >/dev/null
+	$(SUDO) chmod +x $(TRIXIE).partial/usr/sbin/policy-rc.d
+	$(SUDO) cp /etc/resolv.conf $(TRIXIE).partial/etc/resolv.conf
+	$(SUDO) chroot $(TRIXIE).partial apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) chroot $(TRIXIE).partial \
+		apt-get install -y -q --no-install-recommends rabbitmq-server
+	$(SUDO) mv $(TRIXIE).partial $(TRIXIE)
 
 # Azurite, the Azure Blob Storage emulator the Azure sink's tests run against, from npm into .tools/
 $(AZURITE):
@@ -34,15 +56,29 @@ demo: setup
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy bridge protocol sinks
 
+# Each RabbitMQ version's broker tests run in a worker of their own, side by side; the rest in a third.
+PYTEST_WORKERS ?= 3
 test: setup lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
+
+# The shared end-to-end scenarios (../shared/acceptance), on each RabbitMQ version, pika as the witness.
+acceptance: setup
+	$(BIN)/python tests/acceptance.py --rabbitmq 3.10
+	$(BIN)/python tests/acceptance.py --rabbitmq 4.0
+
+# The zero-loss fault scenarios run long (20 injections each, both RabbitMQ versions), and their table.
+soak: setup
+	$(BIN)/python tests/soak.py
 
 bench: setup
 	$(BIN)/python bench/amqp_throughput.py
 
+# The 4.0 tree has /proc mounted while its nodes run: unmount it, and never cross into a mount.
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .hypothesis warren-archive
+	-mountpoint -q $(TRIXIE)/proc && $(SUDO) umount $(TRIXIE)/proc
+	$(SUDO) rm -rf --one-file-system $(VENV) .tools .pytest_cache .ruff_cache .hypothesis warren-archive

@@ -45,7 +45,7 @@ import zstandard  # noqa: E402
 
 from bridge.archive.record import Source, SourceKind, amqp_record_map  # noqa: E402
 from bridge.archive.segment import SegmentBuilder, iter_records, segment_name  # noqa: E402
-from protocol.message import Message, decode_properties, encode_properties  # noqa: E402
+from protocol.core.message import Message, decode_properties, encode_properties  # noqa: E402
 
 BODY_SIZE = 256
 BATCH = 10_000

@@ -1,5 +1,6 @@
 """What the AMQP benchmarks share: the timed span, the worker-process plumbing, queue housekeeping on
-the broker under test, the baseline consumers (aio-pika, pika, bare) and the private node.
+the broker under test, the baseline consumers (aio-pika, pika, bare), the bare confirmed publisher and
+the private node.
 
 The scripts import it as `from common import ...`: run as `python bench/<script>.py`, the bench directory
 is first on sys.path. Importing it also puts the repository root on sys.path, so the scripts run from
@@ -206,7 +207,7 @@ def stream_endpoint(stream_uri: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def private_node(tmp: Path) -> Iterator[Any]:
     """A private RabbitMQ node in `tmp` on free loopback ports, destroyed at the end."""
-    from bridge.localnode import LocalNode
+    from bridge.harness.nodes import LocalNode
 
     log(f"starting a private RabbitMQ node in {tmp}")
     node = LocalNode(tmp / "node")
@@ -417,21 +418,40 @@ _ack_frame = struct.Struct(">BHIHHQBB")
 _DELIVER = b"\x00\x3c\x00\x3c"
 
 
-class BareConsumer(asyncio.Protocol):
-    """The least a Python consumer can do: find frame boundaries, count basic.deliver, ack every 100.
+def opening_replies(method: Any, user: str, password: str, vhost: str) -> list[tuple[int, Any]]:
+    """The bare clients' side of opening a connection and channel 1, with pamqp: what to send (channel
+    number, method) in answer to `method`; nothing for the methods that come after channel.open-ok."""
+    from pamqp import commands
 
-    Delivery tags on a fresh channel with one consumer are 1, 2, 3..., so the count is the tag.
-    """
+    if isinstance(method, commands.Connection.Start):
+        response = f"\0{user}\0{password}"
+        start_ok = commands.Connection.StartOk(
+            client_properties={"product": "bare"}, mechanism="PLAIN", response=response, locale="en_US"
+        )
+        return [(0, start_ok)]
+    if isinstance(method, commands.Connection.Tune):
+        return [
+            (0, commands.Connection.TuneOk(method.channel_max, method.frame_max, 0)),
+            (0, commands.Connection.Open(vhost)),
+        ]
+    if isinstance(method, commands.Connection.OpenOk):
+        return [(1, commands.Channel.Open())]
+    if isinstance(method, commands.Connection.Close | commands.Channel.Close):
+        raise ConnectionError(f"broker closed: {method.reply_code} {method.reply_text}")
+    return []
 
-    def __init__(self, user: str, password: str, vhost: str, queue: str, n: int, prefetch: int) -> None:
+
+class _BarePeer(asyncio.Protocol):
+    """What both bare peers share: the opening handshake with pamqp, a buffer of frames cut at a
+    boundary, and an orderly close. A subclass answers the opening (`_opened`) and walks the frames
+    once it streams (`_frames`, which returns where the last whole frame ends)."""
+
+    def __init__(self, user: str, password: str, vhost: str) -> None:
         loop = asyncio.get_running_loop()
-        self.user, self.password, self.vhost, self.queue, self.n = user, password, vhost, queue, n
-        self.prefetch = prefetch
+        self.user, self.password, self.vhost = user, password, vhost
         self.transport: asyncio.Transport | None = None
         self.rest = b""
         self.streaming = False
-        self.count = 0
-        self.acked = 0
         self.span = Span()
         self.done = loop.create_future()
         self.lost = loop.create_future()
@@ -446,12 +466,15 @@ class BareConsumer(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
+        self._fail(f"lost the connection: {exc}")
+
+    def _fail(self, why: str) -> None:
         if not self.done.done():
-            self.done.set_exception(ConnectionError(f"bare consumer lost the connection: {exc}"))
+            self.done.set_exception(ConnectionError(f"{type(self).__name__}: {why}"))
 
     async def close(self) -> None:
-        """connection.close, then wait for the broker to drop the socket: it has then settled our last ack
-        (closing the socket at once can leave the last acks unprocessed and their messages requeued)."""
+        """connection.close, then wait for the broker to drop the socket: it has then settled our last
+        frames (closing the socket at once can leave the last acks unprocessed, their messages requeued)."""
         from pamqp import commands, frame
 
         self.closing = True  # whatever comes now (close-ok) is dropped
@@ -470,6 +493,64 @@ class BareConsumer(asyncio.Protocol):
             if not self.streaming:
                 self.rest = buf
                 return
+        pos = self._frames(buf)
+        self.rest = buf[pos:] if pos < len(buf) else b""
+
+    def _handshake(self, buf: bytes) -> bytes:
+        from pamqp import exceptions, frame
+
+        while buf and not self.streaming:
+            try:
+                consumed, _channel, method = frame.unmarshal(buf)
+            except exceptions.UnmarshalingException:
+                return buf
+            buf = buf[consumed:]
+            reply = opening_replies(method, self.user, self.password, self.vhost)
+            self._opened(method, reply)
+            for number, m in reply:
+                self.transport.write(frame.marshal(m, number))  # type: ignore[union-attr]
+        return buf
+
+    def _opened(self, method: Any, reply: list[tuple[int, Any]]) -> None:
+        """Add to `reply` what this peer sends after `method` of the opening; set `streaming` when done."""
+        raise NotImplementedError
+
+    def _frames(self, buf: bytes) -> int:
+        raise NotImplementedError
+
+
+def _peer_address(uri: str) -> tuple[str, str, str, str, int]:
+    """(user, password, vhost, host, port) of an amqp:// URI."""
+    u = urlsplit(uri)
+    vhost = unquote(u.path[1:]) if len(u.path) > 1 else "/"
+    user, password = unquote(u.username or "guest"), unquote(u.password or "guest")
+    return user, password, vhost, u.hostname or "127.0.0.1", u.port or 5672
+
+
+class BareConsumer(_BarePeer):
+    """The least a Python consumer can do: find frame boundaries, count basic.deliver, ack every 100.
+
+    Delivery tags on a fresh channel with one consumer are 1, 2, 3..., so the count is the tag.
+    """
+
+    def __init__(self, user: str, password: str, vhost: str, queue: str, n: int, prefetch: int) -> None:
+        super().__init__(user, password, vhost)
+        self.queue, self.n, self.prefetch = queue, n, prefetch
+        self.count = 0
+        self.acked = 0
+
+    def _opened(self, method: Any, reply: list[tuple[int, Any]]) -> None:
+        from pamqp import commands
+
+        if isinstance(method, commands.Channel.OpenOk):
+            reply.append((1, commands.Basic.Qos(prefetch_count=self.prefetch)))
+        elif isinstance(method, commands.Basic.QosOk):
+            reply.append((1, commands.Basic.Consume(queue=self.queue, consumer_tag="bare")))
+            self.span.start()
+        elif isinstance(method, commands.Basic.ConsumeOk):
+            self.streaming = True
+
+    def _frames(self, buf: bytes) -> int:
         pos = 0
         end = len(buf)
         count = self.count
@@ -483,7 +564,6 @@ class BareConsumer(asyncio.Protocol):
             if ftype == 1 and startswith(_DELIVER, pos + 7):
                 count += 1
             pos = frame_end
-        self.rest = buf[pos:] if pos < end else b""
         self.count = count
         if count - self.acked >= ACK_EVERY or (count >= self.n and self.acked < count):
             tag = count if count >= self.n else count - count % ACK_EVERY
@@ -491,55 +571,154 @@ class BareConsumer(asyncio.Protocol):
             self.acked = tag
         if count >= self.n and not self.done.done():
             self.done.set_result(self.span.stop(count))
-
-    def _handshake(self, buf: bytes) -> bytes:
-        from pamqp import commands, exceptions, frame
-
-        while buf and not self.streaming:
-            try:
-                consumed, _channel, method = frame.unmarshal(buf)
-            except exceptions.UnmarshalingException:
-                return buf
-            buf = buf[consumed:]
-            reply: list[tuple[int, Any]] = []
-            if isinstance(method, commands.Connection.Start):
-                reply.append(
-                    (
-                        0,
-                        commands.Connection.StartOk(
-                            client_properties={"product": "bare"},
-                            mechanism="PLAIN",
-                            response=f"\0{self.user}\0{self.password}",
-                            locale="en_US",
-                        ),
-                    )
-                )
-            elif isinstance(method, commands.Connection.Tune):
-                reply.append((0, commands.Connection.TuneOk(method.channel_max, method.frame_max, 0)))
-                reply.append((0, commands.Connection.Open(self.vhost)))
-            elif isinstance(method, commands.Connection.OpenOk):
-                reply.append((1, commands.Channel.Open()))
-            elif isinstance(method, commands.Channel.OpenOk):
-                reply.append((1, commands.Basic.Qos(prefetch_count=self.prefetch)))
-            elif isinstance(method, commands.Basic.QosOk):
-                reply.append((1, commands.Basic.Consume(queue=self.queue, consumer_tag="bare")))
-                self.span.start()
-            elif isinstance(method, commands.Basic.ConsumeOk):
-                self.streaming = True
-            elif isinstance(method, commands.Connection.Close | commands.Channel.Close):
-                raise ConnectionError(f"broker closed: {method.reply_code} {method.reply_text}")
-            for number, m in reply:
-                self.transport.write(frame.marshal(m, number))  # type: ignore[union-attr]
-        return buf
+        return pos
 
 
 async def consume_bare(uri: str, queue: str, n: int, prefetch: int) -> Span:
-    u = urlsplit(uri)
-    vhost = unquote(u.path[1:]) if len(u.path) > 1 else "/"
+    user, password, vhost, host, port = _peer_address(uri)
     loop = asyncio.get_running_loop()
-    user, password = unquote(u.username or "guest"), unquote(u.password or "guest")
+    _, proto = await loop.create_connection(lambda: BareConsumer(user, password, vhost, queue, n, prefetch), host, port)
+    span = await proto.done
+    await proto.close()
+    return span
+
+
+# ---- the bare confirmed publisher: handshake with pamqp, then frames written and acks counted by hand ----
+
+_ACK = b"\x00\x3c\x00\x50"  # basic.ack
+_REFUSALS = {
+    b"\x00\x3c\x00\x78": "basic.nack",
+    b"\x00\x3c\x00\x32": "basic.return (unroutable)",
+    b"\x00\x14\x00\x28": "channel.close",
+    b"\x00\x0a\x00\x32": "connection.close",
+}
+_ack_args = struct.Struct(">QB")
+_body_head = struct.Struct(">BHI")
+
+
+class BarePublisher(_BarePeer):
+    """The least a Python publisher with confirms can do: after the handshake (pamqp) and confirm.select,
+    write each message as its three frames (basic.publish mandatory to the default exchange, a header
+    with delivery-mode 2, the body), at most `window` unconfirmed, a window's worth per write, and count
+    basic.ack frames (multiple or not) by walking frame boundaries. A nack, a return or a close fails it.
+
+    Delivery tags after confirm.select are 1, 2, 3... in publishing order, so a multiple ack of tag T
+    confirms everything through T.
+    """
+
+    def __init__(
+        self, user: str, password: str, vhost: str, routing_key: str, bodies: list[bytes], window: int
+    ) -> None:
+        from pamqp import commands, frame
+
+        super().__init__(user, password, vhost)
+        self.bodies, self.n, self.window = bodies, len(bodies), window
+        self.publish_frame = frame.marshal(
+            commands.Basic.Publish(exchange="", routing_key=routing_key, mandatory=True), 1
+        )
+        self.header_frames: dict[int, bytes] = {}  # body size -> its header frame
+        self.frame_max = 131072
+        self.sent = 0
+        self.confirmed = 0  # every tag through this one is acked
+        self.acked_alone: set[int] = set()  # single acks above `confirmed` (out of order: rare)
+
+    def _fail(self, why: str) -> None:
+        super()._fail(f"{why} after {self.confirmed} confirms")
+
+    def _opened(self, method: Any, reply: list[tuple[int, Any]]) -> None:
+        from pamqp import commands
+
+        if isinstance(method, commands.Connection.Tune) and method.frame_max:
+            self.frame_max = method.frame_max
+        elif isinstance(method, commands.Channel.OpenOk):
+            reply.append((1, commands.Confirm.Select()))
+        elif isinstance(method, commands.Confirm.SelectOk):
+            self.streaming = True  # the first window goes out from _frames, with what follows select-ok
+            self.span.start()
+
+    def _frames(self, buf: bytes) -> int:
+        pos = 0
+        end = len(buf)
+        confirmed = self.confirmed
+        unpack = _frame_head.unpack_from
+        while end - pos >= 7:
+            ftype, _channel, size = unpack(buf, pos)
+            frame_end = pos + 8 + size
+            if frame_end > end:
+                break
+            if ftype == 1:
+                head = buf[pos + 7 : pos + 11]
+                if head == _ACK:
+                    tag, bits = _ack_args.unpack_from(buf, pos + 11)
+                    if bits & 1 or tag == confirmed + 1:
+                        confirmed = max(confirmed, tag)
+                    else:
+                        self.acked_alone.add(tag)
+                    if self.acked_alone:
+                        confirmed = self._settle_alone(confirmed)
+                elif head in _REFUSALS:
+                    self.confirmed = confirmed
+                    self._fail(f"the broker sent {_REFUSALS[head]}")
+                    return end
+            pos = frame_end
+        self.confirmed = confirmed
+        if confirmed >= self.n:
+            if not self.done.done():
+                self.done.set_result(self.span.stop(confirmed))
+        else:
+            self._publish()
+        return pos
+
+    def _settle_alone(self, confirmed: int) -> int:
+        """Fold the single acks that now follow `confirmed` into it."""
+        alone = {tag for tag in self.acked_alone if tag > confirmed}
+        while confirmed + 1 in alone:
+            confirmed += 1
+            alone.discard(confirmed)
+        self.acked_alone = alone
+        return confirmed
+
+    def _publish(self) -> None:
+        """Write as many messages as the window has room for, in one write."""
+        start = self.sent
+        stop = min(self.n, self.confirmed + self.window)
+        if stop <= start:
+            return
+        parts: list[bytes] = []
+        append = parts.append
+        publish, headers, pack = self.publish_frame, self.header_frames, _body_head.pack
+        most = self.frame_max - 8
+        for body in self.bodies[start:stop]:
+            size = len(body)
+            append(publish)
+            append(headers.get(size) or self._header_frame(size))
+            if 0 < size <= most:
+                append(pack(3, 1, size))
+                append(body)
+                append(b"\xce")
+            else:  # none for an empty body; several past the frame size
+                for at in range(0, size, most):
+                    chunk = body[at : at + most]
+                    append(pack(3, 1, len(chunk)))
+                    append(chunk)
+                    append(b"\xce")
+        self.sent = stop
+        self.transport.write(b"".join(parts))  # type: ignore[union-attr]
+
+    def _header_frame(self, size: int) -> bytes:
+        from pamqp import commands, frame, header
+
+        made = frame.marshal(header.ContentHeader(0, size, commands.Basic.Properties(delivery_mode=2)), 1)
+        self.header_frames[size] = made
+        return made
+
+
+async def publish_bare(uri: str, routing_key: str, bodies: list[bytes], window: int) -> Span:
+    """BarePublisher over one connection: the clock runs from confirm.select-ok to the last confirm."""
+    user, password, vhost, host, port = _peer_address(uri)
+    loop = asyncio.get_running_loop()
     _, proto = await loop.create_connection(
-        lambda: BareConsumer(user, password, vhost, queue, n, prefetch), u.hostname or "127.0.0.1", u.port or 5672
+        lambda: BarePublisher(user, password, vhost, routing_key, bodies, window), host, port
     )
     span = await proto.done
     await proto.close()

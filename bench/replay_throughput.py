@@ -1,16 +1,20 @@
 """Replay throughput: `warren replay` from an archive into a queue and a stream, against plain publishers.
 
-    .venv/bin/python bench/replay_throughput.py [--messages N] [--size BYTES] [--repeat R] [--profile]
+    .venv/bin/python bench/replay_throughput.py [--messages N] [--size BYTES] [--repeat R] [--no-s3] [--profile]
     .venv/bin/python bench/replay_throughput.py --broker AMQP_URI [--stream-uri URI]
 
 Without --broker a private RabbitMQ node is started in a temporary directory (free loopback ports) and
 destroyed at the end; the system broker is never used unless you pass its URIs.
 
 The archives are made first, with no broker: `SegmentWriter` on a `LocalSink` (the writer's default
-roll: 64 MiB segments), one record per `protocol.message.Message` (a random body of --size bytes each,
-delivery-mode 2), source queue "bench.replay"; and for the stream case a stream source
-"bench.replay.stream" whose records are those bodies AMQP 1.0 encoded (rstream's AMQPMessage), with
-contiguous offsets.
+roll, 64 MiB segments, or every --segment-records records), one record per
+`protocol.core.message.Message` (a random body of --size bytes each, delivery-mode 2), source queue
+"bench.replay"; and for the stream case a stream source "bench.replay.stream" whose records are those
+bodies AMQP 1.0 encoded (rstream's AMQPMessage), with contiguous offsets. Unless --no-s3, the queue
+archive's files are then copied as they are into a bucket of S3: moto's server (the test suite's
+emulator, in memory, one request at a time) behind bench/latency_proxy.py, a loopback proxy that holds
+every chunk a client sends for --s3-latency-ms (20) before forwarding it, so every request the replay
+makes (listings, GETs) takes 20 ms longer.
 
 Queue. Before every run the durable classic queue "bench.replay" is deleted and declared again, empty;
 after it, its depth is checked. Timed:
@@ -18,14 +22,22 @@ after it, its depth is checked. Timed:
 - warren: `run_replay(ReplayOptions(archive, target))` from the call to its return: it opens the
   archive, reads and decodes the segments, connects and publishes every record mandatory, with
   publisher confirms and at most 1000 unconfirmed, and waits for the last confirm.
-- aio-pika: the same bodies, already in memory (which flatters it: it reads no archive), published
-  persistent and mandatory (its default) to the default exchange with publisher confirms and at most
-  1000 in flight, both ways it is idiomatically written: `gather` over batches of 1000, and a sliding
-  window of 1000 tasks. Its connection is opened before the clock starts. The target is checked
-  against the faster.
-- warren-client, for reference (no target): warren's own AMQP client publishing those bodies from
-  memory the way the replayer publishes (mandatory, confirms, 1000 in flight): what this broker takes
-  from one confirming publisher, without the archive.
+- warren-s3: the same, from the archive in S3 through the proxy
+  (s3://<bucket>/queue?endpoint-url=http://127.0.0.1:<proxy port>).
+- bare: the ceiling for a Python publisher with confirms (bench/common.py's BarePublisher): an asyncio
+  Protocol that does the handshake with pamqp and confirm.select, then writes each message's three
+  frames itself (basic.publish mandatory to the default exchange, a header with delivery-mode 2, the
+  body), at most 1000 unconfirmed, and counts basic.ack frames (multiple) by walking frame boundaries.
+  The same bodies, from memory; its clock runs from confirm.select-ok to the last confirm.
+- aio-pika, for comparison: the same bodies, already in memory, published persistent and mandatory
+  (its default) to the default exchange with publisher confirms and at most 1000 in flight, both ways
+  it is idiomatically written: `gather` over batches of 1000, and a sliding window of 1000 tasks. Its
+  connection is opened before the clock starts.
+- warren-client, for reference: warren's own AMQP client publishing those bodies from memory the way
+  the replayer publishes (mandatory, confirms, 1000 in flight), without the archive.
+
+Targets printed: warren replay >= 0.9x bare, from the local sink and from S3 with the added latency;
+warren against aio-pika's faster idiom is printed for information.
 
 Stream (for information). Before every run the stream "bench.replay.stream" is deleted and declared
 again (warren's replay names its producer and uses the original offsets as publishing ids, so a
@@ -36,13 +48,14 @@ are confirmed.
 
 Each run is its own fresh worker process on uvloop; rounds (--repeat) go round-robin and each client
 keeps its best. This prints figures; it asserts nothing about timing. --profile then runs warren's
-queue and stream replays once more under cProfile and prints the hotspots.
+replays once more under cProfile and prints the hotspots.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import random
@@ -52,6 +65,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import slow_s3
 from common import (
     USAGE_HEADER,
     Broker,
@@ -61,6 +75,7 @@ from common import (
     log,
     print_hotspots,
     private_node,
+    publish_bare,
     report_worker,
     rotate,
     spawn_worker,
@@ -68,6 +83,7 @@ from common import (
     usage_columns,
     version_of,
 )
+from slow_s3 import SlowS3
 
 QUEUE = "bench.replay"
 STREAM = "bench.replay.stream"
@@ -75,9 +91,10 @@ CONFIRM_WINDOW = 1000
 STREAM_BATCH = 500
 STREAM_WINDOW = 5000
 WORKER_TIMEOUT = 3600
-TARGET = 3.0
+TARGET = 0.9  # warren replay, from the local sink and from S3 with the added latency, >= 0.9x the bare publisher
 
-QUEUE_CLIENTS = ("warren", "aio-pika", "aio-pika-window", "warren-client")
+WARREN_S3 = "warren-s3"  # warren replaying the same archive from S3 (moto) behind the latency proxy
+QUEUE_CLIENTS = ("warren", WARREN_S3, "bare", "aio-pika", "aio-pika-window", "warren-client")
 STREAM_CLIENTS = ("warren-stream", "rstream")
 
 
@@ -95,16 +112,17 @@ def encode_stream_messages(bodies: list[bytes]) -> list[bytes]:
 # ---- making the archives (no broker) ------------------------------------------------------------------
 
 
-async def write_archive(root: Path, stream: bool, payloads: list[bytes]) -> None:
+async def write_archive(root: Path, stream: bool, payloads: list[bytes], segment_records: int | None) -> None:
     from bridge.archive.record import Source, SourceKind
-    from bridge.archive.writer import SegmentWriter
-    from protocol.message import Message, encode_properties
+    from bridge.archiver.writer import RollPolicy, SegmentWriter
+    from protocol.core.message import Message, encode_properties
     from sinks.local import LocalSink
 
     sink = LocalSink(root)
     await sink.check()
     source = Source("/", SourceKind.STREAM, STREAM) if stream else Source("/", SourceKind.QUEUE, QUEUE)
-    writer = SegmentWriter(sink, source)
+    policy = RollPolicy(max_records=segment_records) if segment_records else RollPolicy()
+    writer = SegmentWriter(sink, source, policy=policy)
     await writer.start()
     raw = encode_properties({"delivery_mode": 2})
     chunk_ts_ms = time.time_ns() // 1_000_000
@@ -119,15 +137,15 @@ async def write_archive(root: Path, stream: bool, payloads: list[bytes]) -> None
     await sink.close()
 
 
-def make_archives(workdir: Path, n: int, size: int) -> tuple[Path, Path, str]:
+def make_archives(workdir: Path, n: int, size: int, segment_records: int | None) -> tuple[Path, Path, str]:
     from protocol.loop import run
 
     t0 = time.perf_counter()
     bodies = make_bodies(n, size)
     queue_archive, stream_archive = workdir / "queue-archive", workdir / "stream-archive"
-    run(write_archive(queue_archive, False, bodies))
+    run(write_archive(queue_archive, False, bodies, segment_records))
     encoded = encode_stream_messages(bodies)
-    run(write_archive(stream_archive, True, encoded))
+    run(write_archive(stream_archive, True, encoded, segment_records))
     files = list(queue_archive.rglob("*.wseg")) + list(stream_archive.rglob("*.wseg"))
     note = (
         f"archives made in {time.perf_counter() - t0:.1f}s: queue {_tree_mb(queue_archive):.1f} MiB, stream "
@@ -149,7 +167,7 @@ async def replay_warren(args: argparse.Namespace) -> Span:
 
     stream = args.worker == "warren-stream"
     options = ReplayOptions(
-        archive=Path(args.archive).as_uri(), target=args.broker, target_stream_uri=args.stream_uri if stream else None
+        archive=args.archive, target=args.broker, target_stream_uri=args.stream_uri if stream else None
     )
     span = Span().start()
     outcomes = await run_replay(options)
@@ -162,7 +180,7 @@ async def publish_warren_client(args: argparse.Namespace) -> Span:
     """For reference, not a target: warren's own AMQP client publishing the bodies from memory, as the
     replayer does (mandatory, confirms, 1000 in flight) but without the archive: the pace of this broker."""
     from protocol import connect
-    from protocol.message import encode_properties
+    from protocol.core.message import encode_properties
 
     bodies = make_bodies(args.messages, args.size)
     raw = encode_properties({"delivery_mode": 2})
@@ -176,6 +194,12 @@ async def publish_warren_client(args: argparse.Namespace) -> Span:
     span.stop(len(bodies))
     await conn.close()
     return span
+
+
+async def publish_bare_window(args: argparse.Namespace) -> Span:
+    """The ceiling for a Python publisher with confirms (bench/common.py's BarePublisher): frames written
+    by hand, 1000 unconfirmed at most, acks counted by walking frame boundaries."""
+    return await publish_bare(args.broker, QUEUE, make_bodies(args.messages, args.size), CONFIRM_WINDOW)
 
 
 async def publish_aio_pika(args: argparse.Namespace) -> Span:
@@ -278,8 +302,10 @@ async def publish_rstream(args: argparse.Namespace) -> Span:
 
 WORKERS = {
     "warren": replay_warren,
+    WARREN_S3: replay_warren,
     "warren-stream": replay_warren,
     "warren-client": publish_warren_client,
+    "bare": publish_bare_window,
     "aio-pika": publish_aio_pika,
     "aio-pika-window": publish_aio_pika_window,
     "rstream": publish_rstream,
@@ -298,7 +324,7 @@ def run_worker(args: argparse.Namespace) -> None:
 # ---- orchestration ------------------------------------------------------------------------------------
 
 
-def spawn(args: argparse.Namespace, client: str, archive: Path | None, cprofile: str | None = None) -> dict[str, Any]:
+def spawn(args: argparse.Namespace, client: str, archive: str | None, cprofile: str | None = None) -> dict[str, Any]:
     argv = ["--worker", client, "--broker", args.broker]
     argv += ["--messages", str(args.messages), "--size", str(args.size)]
     for flag, value in (("--stream-uri", args.stream_uri), ("--archive", archive), ("--cprofile", cprofile)):
@@ -314,7 +340,7 @@ def reset(broker: Broker, stream: bool) -> None:
 
 
 def measure(
-    args: argparse.Namespace, broker: Broker, client: str, archive: Path | None, cprofile: str | None = None
+    args: argparse.Namespace, broker: Broker, client: str, archive: str | None, cprofile: str | None = None
 ) -> Result:
     stream = client in STREAM_CLIENTS
     reset(broker, stream)
@@ -348,7 +374,34 @@ def print_table(title: str, results: list[Result]) -> None:
         )
 
 
-def run_all(args: argparse.Namespace, workdir: Path) -> None:
+def print_targets(best: dict[str, Result], s3: SlowS3 | None) -> None:
+    bare = best.get("bare")
+    lines = []
+    for client, where in (
+        ("warren", "the local sink"),
+        (WARREN_S3, f"S3 with {1000 * s3.delay:g} ms per request" if s3 else ""),
+    ):
+        ours = best.get(client)
+        if ours is None or bare is None:
+            continue
+        got = ours.rate / bare.rate
+        lines.append(
+            f"target: warren replay from {where} >= {TARGET:g}x the bare confirmed publisher: {got:.2f}x "
+            f"({ours.rate:.0f} vs {bare.rate:.0f} msgs/s)  {'met' if got >= TARGET else 'MISSED'}"
+        )
+    ours = best.get("warren")
+    peers = [best[c] for c in ("aio-pika", "aio-pika-window") if c in best]
+    if ours and peers:
+        peer = max(peers, key=lambda r: r.rate)
+        lines.append(
+            f"for information: warren replay from the local sink against aio-pika's faster idiom ({peer.client}): "
+            f"{ours.rate / peer.rate:.2f}x ({ours.rate:.0f} vs {peer.rate:.0f} msgs/s)"
+        )
+    if lines:
+        print("\n" + "\n".join(lines))
+
+
+def run_all(args: argparse.Namespace, workdir: Path, s3: SlowS3 | None) -> None:
     import aio_pika
     import rstream
     import uvloop
@@ -361,23 +414,38 @@ def run_all(args: argparse.Namespace, workdir: Path) -> None:
         management = args.management_uri or derived_uri(args.broker, "http", 15672, keep_vhost=False)
         args.stream_uri = run(resolve_stream_uri(args.broker, management))
     only = set(args.only.split(",")) if args.only else None
-    queue_clients = [c for c in QUEUE_CLIENTS if only is None or c in only or "queue" in only]
+    queue_clients = [
+        c for c in QUEUE_CLIENTS if (only is None or c in only or "queue" in only) and (c != WARREN_S3 or s3)
+    ]
     stream_clients = [c for c in STREAM_CLIENTS if only is None or c in only or "stream" in only]
-    queue_archive, stream_archive, note = make_archives(workdir, args.messages, args.size)
+    queue_archive, stream_archive, note = make_archives(workdir, args.messages, args.size, args.segment_records)
     fs = filesystem_of(workdir)
+    archives = {"warren": queue_archive.as_uri(), "warren-stream": stream_archive.as_uri()}
+    bucket = None
+    if s3 is not None and WARREN_S3 in queue_clients:
+        bucket = s3.create_bucket()
+        copied = s3.put_tree(queue_archive, bucket, "queue")
+        archives[WARREN_S3] = s3.uri(bucket, "queue")
+        note += f"; the queue archive copied into S3 ({copied} objects)"
     print(
         f"warren replay_throughput: {args.messages} persistent messages of {args.size} bytes (random bodies), "
         f"into queue {QUEUE!r} (durable classic, mandatory, confirms, {CONFIRM_WINDOW} in flight) and stream "
-        f"{STREAM!r}; archive on {fs}; best of {args.repeat}"
+        f"{STREAM!r}; archive on {fs}"
+        + (f", segments of {args.segment_records} records" if args.segment_records else "")
+        + f"; best of {args.repeat}"
     )
     print(note)
+    if s3 is not None and bucket is not None:
+        print(
+            f"{WARREN_S3}: the same queue archive read from S3: moto (in memory, one request at a time) behind a "
+            f"loopback proxy holding every chunk a client sends for {1000 * s3.delay:g} ms"
+        )
     print(
         f"RabbitMQ {broker.version()}, Python {platform.python_version()}, uvloop {uvloop.__version__}, "
         f"aio-pika {aio_pika.__version__}, rstream {version_of(rstream)}, {os.cpu_count()} CPUs (broker on the same "
         f"host), load average {os.getloadavg()[0]:.2f} at start\n"
     )
     sys.stdout.flush()
-    archives = {"warren": queue_archive, "warren-stream": stream_archive}
     runs: dict[str, list[Result]] = {}
     try:
         for i in range(args.repeat):
@@ -391,15 +459,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> None:
         stream_results = [best[c] for c in stream_clients]
         if queue_results:
             print_table(f"queue: {args.messages} messages published with confirms", queue_results)
-            ours = best.get("warren")
-            them = [best[c] for c in queue_clients if c.startswith("aio-pika")]
-            if ours and them:
-                fastest = max(them, key=lambda r: r.rate)
-                got = ours.rate / fastest.rate
-                print(
-                    f"\ntarget: warren replay >= {TARGET:g}x aio-pika (its faster idiom, {fastest.client}): "
-                    f"{got:.2f}x ({ours.rate:.0f} vs {fastest.rate:.0f} msgs/s)  {'met' if got >= TARGET else 'MISSED'}"
-                )
+            print_targets(best, s3)
         if stream_results:
             print()
             print_table(f"stream (for information): {args.messages} messages published with confirms", stream_results)
@@ -414,17 +474,19 @@ def run_all(args: argparse.Namespace, workdir: Path) -> None:
     finally:
         for stream in (False, True):
             broker.delete(STREAM if stream else QUEUE)
+        if s3 is not None and bucket is not None:
+            s3.remove_bucket(bucket)
 
 
 def profile_warren(
     args: argparse.Namespace,
     broker: Broker,
-    archives: dict[str, Path],
+    archives: dict[str, str],
     queue_clients: list[str],
     stream_clients: list[str],
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for client in [c for c in ("warren", "warren-stream") if c in queue_clients + stream_clients]:
+        for client in [c for c in ("warren", WARREN_S3, "warren-stream") if c in queue_clients + stream_clients]:
             path = os.path.join(tmp, f"{client}.prof")
             r = measure(args, broker, client, archives[client], cprofile=path)
             print(f"\ncProfile of {client} replay ({args.messages} messages, {r.rate:.0f} msgs/s under the profiler):")
@@ -439,7 +501,20 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=200_000, help="messages per run (default 200000)")
     p.add_argument("--size", type=int, default=256, help="body size in bytes (default 256)")
     p.add_argument("--repeat", type=int, default=2, help="rounds over every client; each keeps its best (default 2)")
-    p.add_argument("--only", help="comma-separated subset: warren, aio-pika, aio-pika-window, warren-stream, rstream")
+    p.add_argument(
+        "--segment-records",
+        type=int,
+        help="roll the archives' segments every N records (default: the writer's own roll, 64 MiB)",
+    )
+    p.add_argument(
+        "--only",
+        help="comma-separated subset: warren, warren-s3, bare, aio-pika, aio-pika-window, warren-client, queue, "
+        "warren-stream, rstream, stream",
+    )
+    p.add_argument("--no-s3", action="store_true", help="leave out warren-s3 (moto behind the latency proxy)")
+    p.add_argument(
+        "--s3-latency-ms", type=float, default=1000 * slow_s3.DEFAULT_DELAY, help="added per request (default 20)"
+    )
     p.add_argument("--workdir", help="where the archives go (default: the system's temporary directory)")
     p.add_argument("--profile", action="store_true", help="then cProfile warren's queue and stream replays")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -450,14 +525,25 @@ def main() -> None:
     if args.worker:
         run_worker(args)
         return
-    with tempfile.TemporaryDirectory(prefix="warren-bench-replay-", dir=args.workdir) as tmp:
+    only = set(args.only.split(",")) if args.only else None
+    s3_wanted = not args.no_s3 and (only is None or bool(only & {WARREN_S3, "queue"}))
+    with (
+        tempfile.TemporaryDirectory(prefix="warren-bench-replay-", dir=args.workdir) as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        s3 = None
+        if s3_wanted:
+            if (why := slow_s3.missing()) is not None:
+                print(f"{WARREN_S3} skipped: {why}")
+            else:
+                s3 = stack.enter_context(slow_s3.slow_s3(Path(tmp), args.s3_latency_ms / 1000))
         if args.broker:
-            run_all(args, Path(tmp))
+            run_all(args, Path(tmp), s3)
             return
-        with private_node(Path(tmp)) as node:
-            args.broker = node.amqp_uri
-            args.stream_uri = args.stream_uri or node.stream_uri
-            run_all(args, Path(tmp))
+        node = stack.enter_context(private_node(Path(tmp)))
+        args.broker = node.amqp_uri
+        args.stream_uri = args.stream_uri or node.stream_uri
+        run_all(args, Path(tmp), s3)
 
 
 if __name__ == "__main__":

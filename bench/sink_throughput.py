@@ -50,9 +50,9 @@ from common import rotate  # first: it puts the repository root on sys.path
 
 from bridge.archive.reader import list_segments, read_index
 from bridge.archive.record import Source, SourceKind
-from bridge.archive.writer import Durable, RollPolicy, SegmentWriter
+from bridge.archiver.writer import Durable, RollPolicy, SegmentWriter
+from protocol.core.message import Message, encode_properties
 from protocol.loop import run
-from protocol.message import Message, encode_properties
 from sinks import LocalSink, ObjectInfo, Sink, open_sink
 from sinks.mirror import MirroredSink
 
@@ -219,8 +219,9 @@ class Backends:
 @contextlib.contextmanager
 def backends(workdir: Path, wanted: set[str]) -> Iterator[Backends]:
     """Start the emulators the wanted sinks need (moto, gcp-storage-emulator, Azurite; in memory)."""
+    from bridge.harness.nodes import free_port
     from tests.sinks.emulators_azure import PROJECT_AZURITE, Azurite
-    from tests.sinks.emulators_gcs import GCSEmulator, _emulator_executable, _free_port
+    from tests.sinks.emulators_gcs import GCSEmulator, _emulator_executable
     from tests.sinks.emulators_s3 import MotoServer
 
     os.environ.update(AWS)
@@ -258,7 +259,7 @@ def backends(workdir: Path, wanted: set[str]) -> Iterator[Backends]:
             if executable is None:
                 missing["gs"] = "gcp-storage-emulator is not installed"
             else:
-                gcs = GCSEmulator(executable, _free_port(), workdir / "gcs.log")
+                gcs = GCSEmulator(executable, free_port(), workdir / "gcs.log")
                 gcs.start()
                 running.append(gcs)
                 factories["gs"] = lambda: opener(f"gs://{gcs.create_bucket()}/bench?endpoint={gcs.endpoint}")

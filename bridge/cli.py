@@ -1,193 +1,93 @@
-"""The `warren` command line: parses arguments and calls one function per command."""
+"""The `warren` command line: builds the parser from the commands' modules (bridge/commands/) and
+dispatches to the one asked for; it turns every failure into one line and an exit code."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
 
 from bridge import logs
-from bridge.errors import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, WarrenError, exit_code_for
+from bridge.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    WarrenError,
+    exit_code_for,
+)
 from protocol.errors import ProtocolError
-from protocol.loop import run
 from sinks import SinkError
 
 log = logging.getLogger("warren")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# name -> (module, one line of help). A command's module is imported only when it runs (or for --help),
+# so that `warren ls` does not pay for the cloud SDKs of `warren archive`.
+COMMANDS = {
+    "archive": (
+        "bridge.commands.archive",
+        "archive queues and streams continuously until SIGTERM/SIGINT (the forward bridge)",
+    ),
+    "replay": (
+        "bridge.commands.replay",
+        "republish an archive, or a point in time of it, into a broker (the reverse bridge)",
+    ),
+    "check": (
+        "bridge.commands.check",
+        "validate a configuration and reach its broker, management API, sources and sinks, one line each",
+    ),
+    "ls": ("bridge.commands.ls", "list the sources an archive holds, with counts, sizes and time ranges"),
+    "inspect": ("bridge.commands.inspect", "print archived records, filtered, one per line"),
+    "verify": ("bridge.commands.verify", "check every segment's checksums, footers and sequence continuity"),
+    "sync": ("bridge.commands.sync", "copy what one archive lacks from another (migration, repair)"),
+    "compact": ("bridge.commands.compact", "merge the small segments of every sealed hour into a few large ones"),
+    "demo": (
+        "bridge.commands.demo",
+        "run the main job on a sample, on a private broker, and print what was verified",
+    ),
+}
+
+
+EXIT_CODES = """
+
+exit codes (README.md, "Exit codes"):
+  0 ok    1 what was checked does not hold    2 bad command line or configuration
+  3 broker unreachable, or it closed on us    4 archive storage unreachable or refusing
+  5 archive damaged    6 credentials or certificate refused    7 the target refused what was asked
+  70 a bug in warren"""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `command`, that command's arguments only (the others' just by name)."""
     parser = argparse.ArgumentParser(
         prog="warren", description="Continuous archival and point-in-time replay for RabbitMQ."
     )
+    parser.add_argument("--version", action="version", version=f"warren {version()}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    demo = commands.add_parser(
-        "demo", help="run the main job on a sample, on a private broker, and print what was verified"
-    )
-    demo.add_argument("--broker", metavar="URI", help="use this broker instead of starting a private node")
-    demo.add_argument("--count", type=int, default=1000, help="sample messages per batch (default: 1000)")
-    demo.add_argument("--archive", default="warren-archive", help="archive directory (default: ./warren-archive)")
-
-    ls = commands.add_parser("ls", help="list the sources an archive holds, with counts, sizes and time ranges")
-    ls.add_argument("archive", metavar="ARCHIVE", help="archive URI (file:///var/lib/warren, s3://...) or path")
-    ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
-
-    inspect = commands.add_parser("inspect", help="print archived records, filtered, one per line")
-    inspect.add_argument("archive", metavar="ARCHIVE|SEGMENT", help="archive URI or path, or one segment file")
-    inspect.add_argument("--source", metavar="NAME", help="only this queue or stream")
-    inspect.add_argument("--vhost", metavar="VHOST", help="only sources in this vhost")
-    inspect.add_argument("--since", metavar="T", help="records at or after T (RFC 3339, or relative: -15m, -2h)")
-    inspect.add_argument("--until", metavar="T", help="records at or before T")
-    inspect.add_argument("--limit", metavar="N", type=int, help="stop after N matching records")
-    inspect.add_argument(
-        "--where",
-        metavar="PROP[=VALUE]",
-        action="append",
-        default=[],
-        help="property equals VALUE, or is present (message_id=42, headers.x-death); repeatable, all must hold",
-    )
-    inspect.add_argument("--routing-key", metavar="PATTERN", help="AMQP topic pattern: orders.*.eu, audit.#")
-    inspect.add_argument("--grep", metavar="REGEX", help="body matches this regular expression")
-    inspect.add_argument("--json", action="store_true", help="JSON lines, for jq")
-
-    archive = commands.add_parser(
-        "archive", help="archive queues and streams continuously until SIGTERM/SIGINT (the forward bridge)"
-    )
-    archive.add_argument("--config", metavar="FILE", help="TOML configuration (see docs/CONFIG.md)")
-    archive.add_argument("--broker", metavar="URI", help="amqp://user:pass@host:5672/vhost, without --config")
-    archive.add_argument("--management-uri", metavar="URI", help="default: http://host:15672, same credentials")
-    archive.add_argument("--stream-uri", metavar="URI", help="default: rabbitmq-stream://host:5552/vhost")
-    archive.add_argument("--queue", metavar="NAME", action="append", default=[], help="a queue to archive")
-    archive.add_argument("--stream", metavar="NAME", action="append", default=[], help="a stream to archive")
-    archive.add_argument("--sink", metavar="URI", action="append", default=[], help="default: ./warren-archive")
-    archive.add_argument("--mode", choices=["move", "tap", "snapshot"], default="move", help="for --queue")
-    archive.add_argument("--ack-mode", choices=["on-confirm", "on-publish", "no-ack"], default="on-confirm")
-    archive.add_argument("--prefetch-count", type=int, default=1000)
-    archive.add_argument("--offset", default="first", help="for --stream: first, last, next, N or a time")
-    archive.add_argument(
-        "--snapshot", action="store_true", help="copy what the queues hold now without consuming it, then exit"
-    )
-
-    replay = commands.add_parser(
-        "replay", help="republish an archive, or a point in time of it, into a broker (the reverse bridge)"
-    )
-    replay.add_argument("--archive", metavar="URI", required=True, help="archive URI or path")
-    replay.add_argument("--target", metavar="AMQP_URI", required=True, help="the broker to restore into")
-    when = replay.add_mutually_exclusive_group()
-    when.add_argument("--at", metavar="T", help="every message captured at or before T (RFC 3339, or -15m)")
-    when.add_argument("--since", metavar="T", help="window start (with or without --until)")
-    replay.add_argument("--until", metavar="T", help="window end")
-    replay.add_argument("--source", metavar="NAME", action="append", default=[], help="only this queue or stream")
-    replay.add_argument("--definitions", action="store_true", help="first restore the topology saved before T")
-    replay.add_argument("--with-users", action="store_true", help="with --definitions: users and permissions too")
-    replay.add_argument("--target-management-uri", metavar="URI", help="default: http://target-host:15672")
-    replay.add_argument("--target-stream-uri", metavar="URI", help="default: rabbitmq-stream://target-host:5552")
-    replay.add_argument(
-        "--via-exchange", action="store_true", help="republish to the original exchange and routing key"
-    )
-    for kind in ("vhost", "queue", "exchange"):
-        replay.add_argument(
-            f"--map-{kind}", metavar="A=B", action="append", default=[], help=f"replay {kind} A as {kind} B"
+    for name, (module, help_text) in COMMANDS.items():
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
         )
-    replay.add_argument("--keep-duplicates", action="store_true", help="keep redelivered copies the archiver marked")
-    replay.add_argument("--rate", metavar="N", type=float, help="at most N messages per second")
-    replay.add_argument("--state", metavar="FILE", help="checkpoint progress here; a rerun continues from it")
-    replay.add_argument("--dry-run", action="store_true", help="list what would be replayed; publish nothing")
-    replay.add_argument("--follow", action="store_true", help="after catching up, keep replaying new segments")
-    replay.add_argument("--skip-corrupt", action="store_true", help="skip corrupt segments, report them at the end")
-
-    sync = commands.add_parser("sync", help="copy what one archive lacks from another (migration, repair)")
-    sync.add_argument("source", metavar="SRC_ARCHIVE", help="archive URI or path to copy from")
-    sync.add_argument("destination", metavar="DST_ARCHIVE", help="archive URI or path to copy into")
-
-    verify = commands.add_parser("verify", help="check every segment's checksums, footers and sequence continuity")
-    verify.add_argument("archive", metavar="ARCHIVE", help="archive URI or path")
+        if command is None or command == name:
+            importlib.import_module(module).add_arguments(sub)
+            sub.epilog = (sub.epilog or "") + EXIT_CODES  # each command's examples, then what it may exit with
     return parser
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from bridge.demo import run_demo
-
-    checks = run(run_demo(args.broker, args.count, Path(args.archive)))
-    return EXIT_OK if checks.failed == 0 else 1
-
-
-def _ls(args: argparse.Namespace) -> int:
-    from bridge.archive_list import list_archive
-
-    print(run(list_archive(args.archive, as_json=args.json)))
-    return EXIT_OK
+def version() -> str:
+    """warren's version, from the installed package's metadata."""
+    try:
+        return importlib.metadata.version("warren")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed as a package)"
 
 
-def _inspect(args: argparse.Namespace) -> int:
-    from bridge.archive_inspect import RecordFilter, inspect_target
-
-    keep = RecordFilter.build(args.since, args.until, args.where, args.routing_key, args.grep)
-    run(inspect_target(args.archive, keep, source=args.source, vhost=args.vhost, limit=args.limit, as_json=args.json))
-    return EXIT_OK
-
-
-def _verify(args: argparse.Namespace) -> int:
-    from bridge.archive_verify import verify_uri
-
-    sound = run(verify_uri(args.archive))
-    return EXIT_OK if sound else EXIT_CHECK_FAILED
-
-
-def _archive(args: argparse.Namespace) -> int:
-    from bridge.archiver.service import run_archiver
-    from bridge.config import config_from_args, load_config
-
-    if args.config:
-        if args.broker or args.queue or args.stream or args.sink:
-            raise ConfigError("give either --config FILE or --broker/--queue/--stream/--sink, not both")
-        config = load_config(args.config)
-    elif args.broker and (args.queue or args.stream):
-        config = config_from_args(
-            args.broker,
-            args.queue,
-            args.stream,
-            args.sink,
-            management_uri=args.management_uri,
-            stream_uri=args.stream_uri,
-            mode=args.mode,
-            ack_mode=args.ack_mode,
-            prefetch_count=args.prefetch_count,
-            offset=args.offset,
-        )
-    else:
-        raise ConfigError("give --config FILE, or --broker URI with at least one --queue or --stream")
-    run(run_archiver(config, snapshot=args.snapshot))
-    return EXIT_OK
-
-
-def _replay(args: argparse.Namespace) -> int:
-    from bridge.replay.service import options_from_args, run_replay
-
-    run(run_replay(options_from_args(args)))
-    return EXIT_OK
-
-
-def _sync(args: argparse.Namespace) -> int:
-    from bridge.archive_sync import sync_uris
-
-    return EXIT_OK if run(sync_uris(args.source, args.destination)) else EXIT_CHECK_FAILED
-
-
-HANDLERS = {
-    "sync": _sync,
-    "replay": _replay,
-    "archive": _archive,
-    "demo": _demo,
-    "ls": _ls,
-    "inspect": _inspect,
-    "verify": _verify,
-}
+def _command_in(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if arg in COMMANDS), None)
 
 
 TIME_OPTIONS = ("--at", "--since", "--until")
@@ -210,17 +110,25 @@ def join_relative_times(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(join_relative_times(sys.argv[1:] if argv is None else argv))
+    given = join_relative_times(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_in(given)).parse_args(given)
     logs.configure(args.log_level, args.log_format)
     try:
-        return HANDLERS[args.command](args)
+        return int(importlib.import_module(COMMANDS[args.command][0]).from_args(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except Exception as err:
-        if not isinstance(err, (WarrenError, ProtocolError, SinkError)):
-            raise
+    except (WarrenError, ProtocolError, SinkError) as err:
         print(f"warren {args.command}: {logs.scrub(str(err))}", file=sys.stderr)
         return exit_code_for(err)
+    except Exception as err:  # a bug: one line for the user, the traceback only when asked for
+        log.debug("internal error", exc_info=True)
+        print(
+            f"warren {args.command}: internal error (a bug in warren, please report it): "
+            f"{type(err).__name__}: {logs.scrub(str(err))}"
+            + ("" if args.log_level == "debug" else "; --log-level debug shows where"),
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from bridge.errors import ConfigError
+from bridge.metrics.listen import parse_listen
 from bridge.timespec import parse_time
 from protocol.management import ManagementClient, ManagementError
 
@@ -25,6 +26,7 @@ MODES: tuple[Mode, ...] = ("move", "tap", "snapshot")
 ACK_MODES: tuple[AckMode, ...] = ("on-confirm", "on-publish", "no-ack")
 DEFAULT_PREFETCH = 1000  # as the Shovel plugin
 DEFAULT_RECONNECT_DELAY = 5.0  # seconds, as the Shovel plugin
+DEFAULT_STREAM_TLS_PORT = 5551
 DEFAULT_STREAM_PORT = 5552
 
 
@@ -38,10 +40,18 @@ class BrokerConfig:
 @dataclass(frozen=True)
 class ArchiveSettings:
     sinks: tuple[str, ...] = ("file://./warren-archive",)
-    segment_max_bytes: int = 64 * 1024 * 1024
+    # Built in memory, and copied once when finished: a source holds about three segments' worth at
+    # its busiest. Compaction makes the large objects later.
+    segment_max_bytes: int = 16 * 1024 * 1024
     segment_max_age: float = 60.0
+    segment_idle: float = 1.0  # 0: segments roll by size and age only
     definitions_interval: float = 60.0  # seconds between polls of the broker's definitions; 0: never
     write_quorum: int | None = None  # sinks that must hold a segment before it counts; None: all
+    compact: bool = True  # merge the segments of each sealed hour of its sources (compaction.py)
+    compact_max_bytes: int = 64 * 1024 * 1024
+    metrics_listen: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz; None: not served
+    discovery_interval: float = 30.0  # seconds between looks for queues matching a src-queue-pattern
+    leases: bool = True  # each source archived by the one archiver holding its lease (lease.py)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,8 @@ class QueueSourceConfig:
     prefetch_count: int = DEFAULT_PREFETCH
     reconnect_delay: float = DEFAULT_RECONNECT_DELAY
     delete_after: int | Literal["never", "queue-length"] = "never"
+    exclusive: bool = True  # consume as the queue's only consumer, which proves copies after a crash
+    lease: bool = True  # archive only while holding the source's lease (bridge/archiver/lease.py)
 
     @property
     def vhost(self) -> str:
@@ -75,9 +87,28 @@ class StreamSourceConfig:
     uri: str | None  # rabbitmq-stream://; None until resolved from the broker's management API
     offset: StreamOffset = field(default_factory=StreamOffset)
     reconnect_delay: float = DEFAULT_RECONNECT_DELAY
+    lease_uri: str | None = None  # amqp:// of the vhost holding the stream's lease (lease.py); None: no lease
 
 
 SourceConfig = QueueSourceConfig | StreamSourceConfig
+
+QUEUE_TYPES = ("classic", "quorum", "stream")
+
+
+@dataclass(frozen=True)
+class PatternSourceConfig:
+    """`src-queue-pattern`: every queue (and, if asked, stream) of a vhost whose name matches, as the
+    archiver finds them (bridge/archiver/discovery.py), each archived as a source of its own with the
+    settings of `queue` (or, for streams, `stream`); the way a RabbitMQ policy's pattern matches."""
+
+    pattern: str  # a regular expression, searched in the name like a policy's pattern: anchor it with ^ and $
+    vhost: str
+    queue_types: tuple[str, ...]  # of QUEUE_TYPES
+    queue: QueueSourceConfig  # the settings each matching queue is archived with (its name left empty)
+    stream: StreamSourceConfig  # ... and each matching stream
+
+    def matches(self, name: str, queue_type: str) -> bool:
+        return queue_type in self.queue_types and re.search(self.pattern, name) is not None
 
 
 @dataclass(frozen=True)
@@ -85,6 +116,7 @@ class ArchiverConfig:
     broker: BrokerConfig
     archive: ArchiveSettings
     sources: tuple[SourceConfig, ...]
+    patterns: tuple[PatternSourceConfig, ...] = ()
 
 
 def vhost_of(uri: str) -> str:
@@ -94,12 +126,22 @@ def vhost_of(uri: str) -> str:
 
 async def resolve_stream_uri(amqp_uri: str, management_uri: str) -> str:
     """The broker's stream endpoint: its host and credentials, on the port its management API reports
-    for the stream protocol (5552 if it cannot tell)."""
+    for the stream protocol (5552 if it cannot tell). Over TLS (amqps://) the stream's TLS listener,
+    with the same TLS options (5551 if it cannot tell)."""
+    tls = urlsplit(amqp_uri).scheme == "amqps"
     try:
         async with ManagementClient(management_uri) as management:
-            port = await management.listener_port("stream")
+            port = await management.listener_port("stream/ssl" if tls else "stream")
     except ManagementError:
         port = None
+    return default_stream_uri(amqp_uri, port)
+
+
+def default_stream_uri(amqp_uri: str, port: int | None = None) -> str:
+    if urlsplit(amqp_uri).scheme == "amqps":
+        derived = derived_uri(amqp_uri, "rabbitmq-stream+tls", port or DEFAULT_STREAM_TLS_PORT, keep_vhost=True)
+        query = urlsplit(amqp_uri).query
+        return f"{derived}?{query}" if query else derived
     return derived_uri(amqp_uri, "rabbitmq-stream", port or DEFAULT_STREAM_PORT, keep_vhost=True)
 
 
@@ -204,16 +246,62 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> ArchiverConf
     top.done()
     if not raw_sources:
         raise ConfigError("at least one [[source]] is required", source=source, key="source")
-    sources = tuple(
-        _source(_Table(s, f"source[{i}]", source), broker) if isinstance(s, dict) else _not_table(i, source)
+    tables = [
+        _Table(s, f"source[{i}]", source) if isinstance(s, dict) else _not_table(i, source)
         for i, s in enumerate(raw_sources)
+    ]
+    sources = tuple(
+        _with_lease(_source(t, broker), broker, archive) for t in tables if "src-queue-pattern" not in t.data
     )
+    patterns = tuple(_pattern(t, broker, archive) for t in tables if "src-queue-pattern" in t.data)
     _refuse_duplicates(sources, source)
-    return ArchiverConfig(broker, archive, sources)
+    return ArchiverConfig(broker, archive, sources, patterns)
 
 
-def _not_table(i: int, source: str) -> SourceConfig:
+def _with_lease(config: SourceConfig, broker: BrokerConfig, archive: ArchiveSettings) -> SourceConfig:
+    """A queue's lease lives beside it; a stream's in its vhost on the broker's AMQP port."""
+    if isinstance(config, QueueSourceConfig):
+        return replace(config, lease=archive.leases)
+    return replace(config, lease_uri=with_vhost(broker.uri, config.vhost) if archive.leases else None)
+
+
+def _not_table(i: int, source: str) -> _Table:
     raise ConfigError("expected a [[source]] table", source=source, key=f"source[{i}]")
+
+
+def _pattern(t: _Table, broker: BrokerConfig, archive: ArchiveSettings) -> PatternSourceConfig:
+    if "src-queue" in t.data or "src-stream" in t.data:
+        raise ConfigError("give one of src-queue, src-stream or src-queue-pattern", source=t.source, key=t.where)
+    pattern = t.take("src-queue-pattern", str)
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise t.fail("src-queue-pattern", f"not a regular expression: {err}") from None
+    vhost = t.take("vhost", str, vhost_of(broker.uri))
+    types = t.take("queue-types", list, ["classic", "quorum"], f"a list of {', '.join(QUEUE_TYPES)}")
+    if not types or not all(q in QUEUE_TYPES for q in types):
+        raise t.fail("queue-types", f"expected a non-empty list of {', '.join(QUEUE_TYPES)}, got {types!r}")
+    uri = with_vhost(t.uri("src-uri", None) or broker.uri, vhost)
+    reconnect = t.positive("reconnect-delay", DEFAULT_RECONNECT_DELAY)
+    queue = QueueSourceConfig(
+        queue="",
+        uri=uri,
+        management_uri=broker.management_uri,
+        mode=t.choice("mode", MODES, "move"),
+        ack_mode=t.choice("ack-mode", ACK_MODES, "on-confirm"),
+        prefetch_count=t.positive("prefetch-count", DEFAULT_PREFETCH, integer=True),
+        reconnect_delay=reconnect,
+        delete_after="never",
+        exclusive=t.take("exclusive", bool, True),
+    )
+    if queue.mode == "snapshot":
+        raise t.fail("mode", "a pattern archives the queues it finds as they come; snapshot names its queues")
+    stream_uri = with_vhost(broker.stream_uri, vhost) if broker.stream_uri else None
+    stream = StreamSourceConfig(stream="", vhost=vhost, uri=stream_uri, offset=_offset(t), reconnect_delay=reconnect)
+    t.done()
+    leased_queue, leased_stream = _with_lease(queue, broker, archive), _with_lease(stream, broker, archive)
+    assert isinstance(leased_queue, QueueSourceConfig) and isinstance(leased_stream, StreamSourceConfig)
+    return PatternSourceConfig(pattern, vhost, tuple(types), leased_queue, leased_stream)
 
 
 def _broker(t: _Table) -> BrokerConfig:
@@ -234,11 +322,28 @@ def _archive(t: _Table) -> ArchiveSettings:
         sinks=tuple(expand_env(s, lambda msg: t.fail("sinks", msg)) for s in sinks),
         segment_max_bytes=t.positive("segment-max-bytes", ArchiveSettings.segment_max_bytes, integer=True),
         segment_max_age=t.positive("segment-max-age", ArchiveSettings.segment_max_age),
+        segment_idle=t.positive("segment-idle", ArchiveSettings.segment_idle, allow_zero=True),
         definitions_interval=t.positive("definitions-interval", ArchiveSettings.definitions_interval, allow_zero=True),
         write_quorum=_write_quorum(t, len(sinks)),
+        compact=t.take("compact", bool, ArchiveSettings.compact),
+        compact_max_bytes=t.positive("compact-max-bytes", ArchiveSettings.compact_max_bytes, integer=True),
+        metrics_listen=_metrics_listen(t),
+        discovery_interval=t.positive("discovery-interval", ArchiveSettings.discovery_interval),
+        leases=t.take("leases", bool, ArchiveSettings.leases),
     )
     t.done()
     return settings
+
+
+def _metrics_listen(t: _Table) -> str | None:
+    value = t.take("metrics-listen", str, "", 'HOST:PORT, e.g. "127.0.0.1:9419"')
+    if not value:
+        return None
+    try:
+        parse_listen(value)
+    except ConfigError as err:
+        raise t.fail("metrics-listen", str(err).removeprefix(f"metrics-listen {value!r}: ")) from None
+    return value
 
 
 def _write_quorum(t: _Table, sinks: int) -> int | None:
@@ -252,10 +357,12 @@ def _write_quorum(t: _Table, sinks: int) -> int | None:
 
 def _source(t: _Table, broker: BrokerConfig) -> SourceConfig:
     if ("src-queue" in t.data) == ("src-stream" in t.data):
-        raise ConfigError("give exactly one of src-queue or src-stream", source=t.source, key=t.where)
+        raise ConfigError(
+            "give exactly one of src-queue, src-stream or src-queue-pattern", source=t.source, key=t.where
+        )
     reconnect = t.positive("reconnect-delay", DEFAULT_RECONNECT_DELAY)
     if "src-stream" in t.data:
-        stream = t.take("src-stream", str)
+        stream = _name(t, "src-stream")
         src_uri = t.uri("src-uri", None) or broker.stream_uri
         config: SourceConfig = StreamSourceConfig(
             stream=stream,
@@ -266,7 +373,7 @@ def _source(t: _Table, broker: BrokerConfig) -> SourceConfig:
         )
     else:
         config = QueueSourceConfig(
-            queue=t.take("src-queue", str),
+            queue=_name(t, "src-queue"),
             uri=t.uri("src-uri", None) or broker.uri,
             management_uri=broker.management_uri,
             mode=t.choice("mode", MODES, "move"),
@@ -274,9 +381,22 @@ def _source(t: _Table, broker: BrokerConfig) -> SourceConfig:
             prefetch_count=t.positive("prefetch-count", DEFAULT_PREFETCH, integer=True),
             reconnect_delay=reconnect,
             delete_after=_delete_after(t),
+            exclusive=t.take("exclusive", bool, True),
         )
     t.done()
     return config
+
+
+MAX_NAME_BYTES = 255  # RabbitMQ's limit for queue, stream, exchange and vhost names: a short string
+
+
+def _name(t: _Table, key: str) -> str:
+    """A queue or stream name: any UTF-8 RabbitMQ allows (the broker judges the rest), up to 255 bytes."""
+    name = t.take(key, str)
+    size = len(name.encode())
+    if not name or size > MAX_NAME_BYTES:
+        raise t.fail(key, f"a name is 1 to {MAX_NAME_BYTES} bytes of UTF-8, this one is {size}")
+    return name
 
 
 def _delete_after(t: _Table) -> int | Literal["never", "queue-length"]:
@@ -298,8 +418,13 @@ def parse_offset(value: str | int, fail: Callable[[str], ConfigError]) -> Stream
         if value < 0:
             raise fail(f"expected a non-negative offset, got {value}")
         return StreamOffset("offset", value)
-    if value in ("first", "last", "next"):
-        return StreamOffset(value)
+    named: dict[str, StreamOffset] = {
+        "first": StreamOffset("first"),
+        "last": StreamOffset("last"),
+        "next": StreamOffset("next"),
+    }
+    if value in named:
+        return named[value]
     if value.isdigit():
         return StreamOffset("offset", int(value))
     try:

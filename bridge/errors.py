@@ -6,7 +6,13 @@
 
 from __future__ import annotations
 
-from protocol.errors import AuthenticationError, BrokerError, ProtocolError
+from protocol.errors import (
+    AuthenticationError,
+    BrokerError,
+    CertificateRejected,
+    ProtocolError,
+    ShortStringTooLong,
+)
 from sinks.errors import SinkError
 
 EXIT_OK = 0
@@ -16,6 +22,8 @@ EXIT_BROKER = 3  # broker unreachable, refused us, or closed on us
 EXIT_SINK = 4  # archive storage unreachable or refusing
 EXIT_CORRUPT = 5  # archive content is damaged
 EXIT_AUTH = 6  # credentials refused
+EXIT_REFUSED = 7  # the target broker refused what was asked of it (its management API said why)
+EXIT_INTERNAL = 70  # a bug in warren (sysexits' EX_SOFTWARE): reported in one line, never as a traceback
 EXIT_INTERRUPTED = 130
 
 
@@ -37,23 +45,32 @@ class ConfigError(WarrenError):
         self.key = key
 
 
-class LocalNodeError(WarrenError):
-    """A private RabbitMQ node could not be started or controlled."""
-
-    exit_code = EXIT_BROKER
-
-
 class CheckFailed(WarrenError):
     """Something a command verified does not hold."""
 
     exit_code = EXIT_CHECK_FAILED
 
 
+class TargetRefused(WarrenError):
+    """The target broker understood a request and refused it (the management API's 4xx and reason):
+    not unreachable, not credentials; retrying the same request will not help."""
+
+    exit_code = EXIT_REFUSED
+
+
 def exit_code_for(error: BaseException) -> int:
     if isinstance(error, WarrenError):
         return error.exit_code
-    if isinstance(error, AuthenticationError):
+    from protocol.management import ManagementError  # here: aiohttp is for the commands that need it
+
+    if isinstance(error, ManagementError) and error.credentials_refused:
         return EXIT_AUTH
+    if isinstance(error, ManagementError) and error.refused:  # the API understood, and said why not
+        return EXIT_REFUSED
+    if isinstance(error, (AuthenticationError, CertificateRejected)):
+        return EXIT_AUTH
+    if isinstance(error, ShortStringTooLong):  # a name no broker can take: what was asked is wrong
+        return EXIT_USAGE
     if isinstance(error, (BrokerError, ProtocolError)):
         return EXIT_BROKER
     if isinstance(error, SinkError):

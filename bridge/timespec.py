@@ -39,6 +39,13 @@ def parse_time(text: str, *, now_ns: int | None = None, what: str = "time") -> i
     return (parsed - EPOCH) // dt.timedelta(microseconds=1) * 1000  # exact: no float on the way
 
 
+def format_span(first_ns: int | None, last_ns: int | None) -> str:
+    """`first .. last` in RFC 3339, or `-` when there is nothing between them."""
+    if first_ns is None or last_ns is None:
+        return "-"
+    return f"{format_time(first_ns)} .. {format_time(last_ns)}"
+
+
 def format_time(ns: int) -> str:
     """RFC 3339 in UTC with microseconds, as `ls --json` promises."""
     t = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).replace(microsecond=(ns // 1000) % 1_000_000)

@@ -52,6 +52,9 @@ RECORD_KEYS = {
     "m": "message_id",
     "t": "timestamp",
     "f": "fingerprint",
+    "x": "copy_of",
+    "y": "possible_copy_of",
+    "n": "snapshot",
     "o": "offset",
     "u": "chunk_ts_ms",
 }
@@ -64,6 +67,9 @@ KEY_TYPES: dict[str, type | tuple[type, ...]] = {
     "m": str,
     "t": int,
     "f": bytes,
+    "x": int,
+    "y": int,
+    "n": int,
     "o": int,
     "u": int,
 }

@@ -49,12 +49,36 @@ class FrameError(ProtocolError):
         self.channel = channel
 
 
+class ShortStringTooLong(ProtocolError, ValueError):
+    """A name or other short string longer than the 255 bytes of UTF-8 AMQP 0-9-1 can carry.
+
+    The only check made before the broker sees a name: everything else about names (characters,
+    reserved prefixes) is the broker's to judge, and its refusal arrives as `ChannelClosedByBroker`.
+    """
+
+    SHOWN = 60  # characters of the value quoted in the message
+
+    def __init__(self, field: str, value: str, *, method: str | None = None) -> None:
+        self.field = field
+        self.value = value
+        self.method = method
+        self.size = len(value.encode())
+        shown = value if len(value) <= self.SHOWN else value[: self.SHOWN] + "..."
+        where = f"{method} " if method else ""
+        super().__init__(f"{where}{field} of {self.size} bytes exceeds the 255 bytes AMQP allows: {shown!r}")
+
+
 class ConnectionLost(ProtocolError):
     """The socket closed or failed without an orderly connection.close."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"connection to broker lost: {detail}")
         self.detail = detail
+
+
+class CertificateRejected(ProtocolError):
+    """TLS: the broker's certificate does not verify against the CA given (or its name does not match).
+    Retrying cannot mend it: it is a refusal, like wrong credentials."""
 
 
 class HeartbeatTimeout(ConnectionLost):
@@ -139,3 +163,37 @@ class MessageReturned(ProtocolError):
 
 class InvalidURI(ProtocolError):
     """An amqp:// or amqps:// URI that cannot be used; the message never repeats the password."""
+
+
+class StreamError(ProtocolError):
+    """Root of the stream protocol's errors (rabbitmq-stream://): what rstream raised is the cause.
+
+    `endpoint` is the redacted URI (never the password).
+    """
+
+    def __init__(self, message: str, *, endpoint: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class StreamAuthenticationError(StreamError):
+    """The broker refused the stream connection's credentials."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(f"{endpoint}: the broker refused the credentials", endpoint=endpoint)
+
+
+class StreamNotFound(StreamError):
+    """No stream of that name in the endpoint's vhost."""
+
+    def __init__(self, stream: str, endpoint: str) -> None:
+        super().__init__(f"{endpoint}: no stream {stream!r}", endpoint=endpoint)
+        self.stream = stream
+
+
+class StreamConnectionLost(StreamError):
+    """The stream connection failed, closed, or could not be opened; `detail` says how."""
+
+    def __init__(self, detail: str, endpoint: str) -> None:
+        super().__init__(f"{endpoint}: stream connection lost: {detail}", endpoint=endpoint)
+        self.detail = detail

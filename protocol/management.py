@@ -6,23 +6,38 @@ details. Credentials come from the URI's user-info and never appear in errors or
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiohttp
 
 from protocol.errors import InvalidURI, ProtocolError
+from protocol.uri import TLSOptions, tls_options
 
 
 class ManagementError(ProtocolError):
-    """The management API answered with an error, or could not be reached."""
+    """The management API answered with an error (`status`, and the API's `reason`), or could not be
+    reached (`status` None)."""
 
-    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+    def __init__(self, message: str, *, url: str, status: int | None = None, reason: str | None = None) -> None:
         super().__init__(f"management API {url}: {message}")
         self.url = url
         self.status = status
+        self.reason = reason
+
+    @property
+    def credentials_refused(self) -> bool:
+        """401 (wrong user or password) or 403 (a user without the management tags this needs)."""
+        return self.status in (401, 403)
+
+    @property
+    def refused(self) -> bool:
+        """The API understood the request and refused it (4xx other than credentials): it says why."""
+        return self.status is not None and 400 <= self.status < 500 and not self.credentials_refused
 
 
 @dataclass(frozen=True)
@@ -30,6 +45,7 @@ class ManagementEndpoint:
     base: str  # scheme://host:port, no credentials
     username: str
     password: str
+    tls: TLSOptions | None = None  # https://, with the amqps:// query options (cacertfile, verify, ...)
 
     @classmethod
     def parse(cls, uri: str) -> ManagementEndpoint:
@@ -39,7 +55,9 @@ class ManagementEndpoint:
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         port = f":{parts.port}" if parts.port else ""
         base = f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
-        return cls(base, unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+        https = parts.scheme == "https"
+        tls = tls_options(parse_qs(parts.query), parts.hostname, base, enabled=https, scheme="https")
+        return cls(base, unquote(parts.username or "guest"), unquote(parts.password or "guest"), tls)
 
 
 def redact(uri: str) -> str:
@@ -54,9 +72,11 @@ class ManagementClient:
 
     def __init__(self, uri: str, *, timeout: float = 30.0) -> None:
         self.endpoint = ManagementEndpoint.parse(uri)
+        tls = self.endpoint.tls
         self._session = aiohttp.ClientSession(
             auth=aiohttp.BasicAuth(self.endpoint.username, self.endpoint.password),
             timeout=aiohttp.ClientTimeout(total=timeout),
+            connector=aiohttp.TCPConnector(ssl=tls.context()) if tls else None,
         )
 
     async def __aenter__(self) -> ManagementClient:
@@ -93,8 +113,16 @@ class ManagementClient:
     async def overview(self) -> dict[str, Any]:
         return await self._request("GET", "/api/overview")
 
+    async def server_version(self) -> tuple[int, ...] | None:
+        """The broker's RabbitMQ version as numbers, e.g. (4, 0, 5); None if it does not say."""
+        return parse_version((await self.overview()).get("rabbitmq_version"))
+
     async def queue(self, vhost: str, name: str) -> dict[str, Any]:
         return await self._request("GET", f"/api/queues/{_seg(vhost)}/{_seg(name)}")
+
+    async def queues(self, vhost: str) -> list[dict[str, Any]]:
+        """The vhost's queues and streams, with the fields discovery needs only (a broker may hold thousands)."""
+        return await self._request("GET", f"/api/queues/{_seg(vhost)}?columns=name,type,exclusive,vhost")
 
     async def queue_bindings(self, vhost: str, name: str) -> list[dict[str, Any]]:
         return await self._request("GET", f"/api/queues/{_seg(vhost)}/{_seg(name)}/bindings")
@@ -105,7 +133,10 @@ class ManagementClient:
             async with self._session.request(method, url, json=body) as response:
                 text = await response.text()
                 if response.status >= 400:
-                    raise ManagementError(_reason(text, response.status), url=url, status=response.status)
+                    reason = _reason(text)
+                    raise ManagementError(
+                        f"{response.status} {reason}".strip(), url=url, status=response.status, reason=reason
+                    )
                 return json.loads(text) if text else None
         except aiohttp.ClientError as err:
             raise ManagementError(f"cannot reach it: {err}", url=url) from err
@@ -117,9 +148,26 @@ def _seg(name: str) -> str:
     return quote(name, safe="")
 
 
-def _reason(text: str, status: int) -> str:
+def parse_version(text: object) -> tuple[int, ...] | None:
+    """'4.0.5' as (4, 0, 5); '3.13.0-rc.1' or '4.1.0+2.g1234' by their leading numbers; None if none."""
+    match = re.match(r"\d+(?:\.\d+)*", text) if isinstance(text, str) else None
+    return tuple(int(part) for part in match[0].split(".")) if match else None
+
+
+def _reason(text: str) -> str:
+    """The API's error and reason in one readable line.
+
+    RabbitMQ sometimes sends the reason as an Erlang binary printed and HTML-escaped, e.g.
+    `<<"Validation failed\\n\\n[{&lt;&lt;\\"ha-mode\\"&gt;&gt;,...}] are not recognised policy settings">>`.
+    """
     try:
         payload = json.loads(text)
-        return f"{status} {payload.get('error', '')}: {payload.get('reason', '')}".strip()
+        error, reason = str(payload.get("error", "")), str(payload.get("reason", ""))
     except (ValueError, AttributeError):
-        return f"{status} {text[:200]}"
+        return " ".join(text[:200].split())
+    reason = html.unescape(reason)
+    if reason.startswith('<<"') and reason.endswith('">>'):
+        reason = reason[3:-3].replace("\\n", "\n").replace('\\"', '"')
+    reason = re.sub(r'<<"(.*?)">>', r'"\1"', reason)
+    reason = " ".join(reason.split())
+    return f"{error}: {reason}" if error and reason else error or reason

@@ -24,9 +24,14 @@ class TLSOptions:
     verify: bool = True
 
     def context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self.cafile)
-        if self.certfile:
-            ctx.load_cert_chain(self.certfile, self.keyfile)
+        """The client's TLS context; a file that cannot be read is an InvalidURI naming it."""
+        try:
+            ctx = ssl.create_default_context(cafile=self.cafile)
+            if self.certfile:
+                ctx.load_cert_chain(self.certfile, self.keyfile)
+        except (OSError, ssl.SSLError) as err:
+            files = ", ".join(f for f in (self.cafile, self.certfile, self.keyfile) if f)
+            raise InvalidURI(f"cannot load the TLS files ({files}): {err}") from None
         if not self.verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -55,6 +60,31 @@ class ConnectionParameters:
 
     def __str__(self) -> str:
         return self.redacted()
+
+
+TLS_KEYS = ("cacertfile", "certfile", "keyfile", "verify", "server_name_indication")
+
+
+def tls_options(
+    query: dict[str, list[str]], host: str, redacted: str, *, enabled: bool, scheme: str
+) -> TLSOptions | None:
+    """The TLS options of a URI's query (RabbitMQ's names), for the amqps, https and
+    rabbitmq-stream+tls schemes alike; `scheme` names the one that takes them, for the error."""
+    given = sorted(set(TLS_KEYS) & set(query))
+    if not enabled:
+        if given:
+            raise InvalidURI(f"{redacted}: TLS options {given} need the {scheme} scheme")
+        return None
+    verify = query.get("verify", ["verify_peer"])[-1]
+    if verify not in ("verify_peer", "verify_none"):
+        raise InvalidURI(f"{redacted}: verify must be verify_peer or verify_none, not {verify!r}")
+    return TLSOptions(
+        cafile=query.get("cacertfile", [None])[-1],
+        certfile=query.get("certfile", [None])[-1],
+        keyfile=query.get("keyfile", [None])[-1],
+        server_name=query.get("server_name_indication", [None])[-1] or host,
+        verify=verify == "verify_peer",
+    )
 
 
 def _int_option(query: dict[str, list[str]], name: str, redacted: str) -> int | None:
@@ -115,21 +145,7 @@ def parse_uri(uri: str) -> ConnectionParameters:
     mechanism = query.get("auth_mechanism", ["PLAIN"])[-1].upper()
     if mechanism not in ("PLAIN", "AMQPLAIN"):
         raise InvalidURI(f"{redacted}: auth_mechanism must be plain or amqplain, not {mechanism.lower()!r}")
-    tls = None
-    tls_keys = {"cacertfile", "certfile", "keyfile", "verify", "server_name_indication"} & set(query)
-    if scheme == "amqps":
-        verify = query.get("verify", ["verify_peer"])[-1]
-        if verify not in ("verify_peer", "verify_none"):
-            raise InvalidURI(f"{redacted}: verify must be verify_peer or verify_none, not {verify!r}")
-        tls = TLSOptions(
-            cafile=query.get("cacertfile", [None])[-1],
-            certfile=query.get("certfile", [None])[-1],
-            keyfile=query.get("keyfile", [None])[-1],
-            server_name=query.get("server_name_indication", [None])[-1] or host,
-            verify=verify == "verify_peer",
-        )
-    elif tls_keys:
-        raise InvalidURI(f"{redacted}: TLS options {sorted(tls_keys)} need the amqps scheme")
+    tls = tls_options(query, host, redacted, enabled=scheme == "amqps", scheme="amqps")
     return ConnectionParameters(
         host=host,
         port=port or DEFAULT_PORTS[scheme],

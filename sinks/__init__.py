@@ -1,21 +1,24 @@
 """Object storage for the archive: one small interface (`Sink`), one module per backend.
 
 `open_sink` turns a URI into a sink: `file:///abs/path` or a plain path for the local filesystem;
-`s3://`, `gs://` and `az://` are reserved for the cloud backends. A backend registers itself with
-one line in `BACKENDS`, and imports its SDK inside its factory so that using one backend never
-requires the others' libraries.
+`s3://`, `gs://` and `az://` for the cloud backends. A backend registers itself with one line in
+`BACKENDS`, and imports its SDK inside its factory: each cloud SDK is an optional extra of warren's
+(`warren[s3]`, `warren[gcs]`, `warren[azure]`, or `warren[all]`), and a URI whose extra is missing is
+refused with `MissingExtra`, naming the extra to install.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from sinks.base import ObjectInfo, Sink, redact_url, validate_key
 from sinks.errors import (
     InvalidKey,
+    MissingExtra,
     ObjectExists,
     ObjectNotFound,
     SinkConfigError,
@@ -29,6 +32,7 @@ __all__ = [
     "BACKENDS",
     "InvalidKey",
     "LocalSink",
+    "MissingExtra",
     "ObjectExists",
     "ObjectInfo",
     "ObjectNotFound",
@@ -62,27 +66,30 @@ def _open_file(uri: str) -> Sink:
 # Each cloud backend imports its SDK only when a sink of its kind is opened.
 
 
-def _open_s3(uri: str) -> Sink:
+@contextlib.contextmanager
+def _needs_extra(scheme: str, label: str, extra: str, uri: str) -> Iterator[None]:
+    """Importing a backend: its SDK missing (or broken) is the extra to install, not a traceback."""
     try:
-        from sinks.s3 import S3Sink
+        yield
     except ImportError as err:
-        raise SinkConfigError(f"s3:// sinks need aiobotocore ({err})", sink=redact_url(uri)) from err
+        raise MissingExtra(scheme, label, extra, sink=redact_url(uri), cause=str(err)) from err
+
+
+def _open_s3(uri: str) -> Sink:
+    with _needs_extra("s3", "S3", "s3", uri):
+        from sinks.s3 import S3Sink
     return S3Sink(uri)
 
 
 def _open_gcs(uri: str) -> Sink:
-    try:
+    with _needs_extra("gs", "Google Cloud Storage", "gcs", uri):
         from sinks.gcs import GCSSink
-    except ImportError as err:
-        raise SinkConfigError(f"gs:// sinks need google-cloud-storage ({err})", sink=redact_url(uri)) from err
     return GCSSink.from_uri(uri)
 
 
 def _open_azure(uri: str) -> Sink:
-    try:
+    with _needs_extra("az", "Azure Blob Storage", "azure", uri):
         from sinks.azure import AzureBlobSink
-    except ImportError as err:
-        raise SinkConfigError(f"az:// sinks need azure-storage-blob ({err})", sink=redact_url(uri)) from err
     return AzureBlobSink.from_uri(uri)
 
 

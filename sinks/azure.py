@@ -11,6 +11,10 @@ prefix. Credentials never appear in the URI, only in the environment, tried in t
 
 Storage accounts with a hierarchical namespace (Data Lake Gen2) are not supported: there a key is
 also a directory, and listings are not in plain lexicographic order.
+
+Every request attempt is bounded (see `sinks.deadlines`): the SDK's connection and read timeouts, and
+a transport of our own that hands the body over a slice at a time and gives up on an upload that stops
+moving or a request that outlives its size's deadline; the SDK retries that as a timeout.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from azure.core.exceptions import (
     ServiceResponseError,
     ServiceResponseTimeoutError,
 )
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob.aio import BlobClient, ContainerClient, ExponentialRetry
 
 from sinks.base import ObjectInfo, Sink, modified_ns, redact_url, validate_key
+from sinks.deadlines import DEFAULT_DEADLINES, Deadlines, Stalled, Upload, bounded, content_length
 from sinks.errors import (
     InvalidKey,
     ObjectExists,
@@ -53,8 +59,6 @@ from sinks.location import BucketLocation, parse_bucket_uri
 
 MiB = 1024 * 1024
 
-CONNECT_TIMEOUT = 3  # seconds to open a connection: an unreachable endpoint fails fast
-READ_TIMEOUT = 20  # seconds of silence on an open connection (a block upload's answer included)
 RETRIES = 2  # the SDK's own retries; callers retry SinkUnavailable at their own pace
 SINGLE_PUT_MAX = 8 * MiB  # larger objects go up as blocks, several at a time, each MD5-checked
 BLOCK_SIZE = 4 * MiB
@@ -151,8 +155,44 @@ def _resolve_account(uri: str, options: Mapping[str, str]) -> _Account:
     )
 
 
+class _BoundedTransport(AioHttpTransport):
+    """The SDK's aiohttp transport, with `deadlines` on every request attempt (`sinks.deadlines.bounded`)."""
+
+    def __init__(self, deadlines: Deadlines, **kwargs: Any) -> None:
+        super().__init__(connection_timeout=deadlines.connect, read_timeout=deadlines.stall, **kwargs)
+        self._deadlines = deadlines
+
+    async def send(self, request: Any, **config: Any) -> Any:
+        data = getattr(request, "data", None)
+        upload = None
+        if isinstance(data, bytes | bytearray) and data and not getattr(request, "files", None):
+            upload = Upload(data)
+            request.data = upload  # read once, as the attempt starts; put back for a retry
+        try:
+            return await bounded(
+                super().send(request, **config),
+                self._deadlines,
+                size=content_length(request.headers, data),
+                upload=upload,
+            )
+        except Stalled as err:
+            raise ServiceResponseTimeoutError(f"request stalled: {err.reason}", error=err) from err
+        finally:
+            if upload is not None:
+                request.data = data
+
+
+def _stall(err: BaseException) -> Stalled | None:
+    chain: list[BaseException] = [err]
+    while (inner := getattr(chain[-1], "inner_exception", None) or chain[-1].__cause__) is not None:
+        if inner in chain:
+            break
+        chain.append(inner)
+    return next((link for link in chain if isinstance(link, Stalled)), None)
+
+
 def _code(err: HttpResponseError) -> str:
-    code = err.error_code
+    code = getattr(err, "error_code", None)  # set by the storage SDK on the errors it raises, not by azure-core
     return str(getattr(code, "value", code) or "")
 
 
@@ -178,7 +218,10 @@ class AzureBlobSink(Sink):
     another loop (tests run each step in a fresh one) makes a new client and closes the old in close().
     """
 
-    def __init__(self, location: BucketLocation, account: _Account) -> None:
+    def __init__(
+        self, location: BucketLocation, account: _Account, *, deadlines: Deadlines = DEFAULT_DEADLINES
+    ) -> None:
+        self._deadlines = deadlines
         self._container_name = location.bucket
         self._prefix = location.prefix
         self._account = account
@@ -192,7 +235,7 @@ class AzureBlobSink(Sink):
         self._endpoint = f"{client.scheme}://{client.primary_hostname}"  # no query, so no SAS
 
     @classmethod
-    def from_uri(cls, uri: str) -> AzureBlobSink:
+    def from_uri(cls, uri: str, *, deadlines: Deadlines = DEFAULT_DEADLINES) -> AzureBlobSink:
         """The sink `az://container/prefix?options` names (see the module docstring); SinkConfigError if
         the URI is malformed or no credentials are configured. Touches no storage."""
         location = parse_bucket_uri(
@@ -205,7 +248,7 @@ class AzureBlobSink(Sink):
             options=_OPTIONS,
             sink=_describe(uri),
         )
-        return cls(location, _resolve_account(uri, location.options))
+        return cls(location, _resolve_account(uri, location.options), deadlines=deadlines)
 
     @property
     def url(self) -> str:
@@ -223,11 +266,14 @@ class AzureBlobSink(Sink):
 
     def _new_client(self) -> tuple[ContainerClient, Any]:
         options: dict[str, Any] = {
-            "connection_timeout": CONNECT_TIMEOUT,
-            "read_timeout": READ_TIMEOUT,
+            # Connection and read timeouts are the transport's: a few seconds to connect, then `stall`.
+            "transport": _BoundedTransport(self._deadlines),
             # Waits of about 1.5 s then 2.25 s: a dead endpoint fails within seconds, a busy one gets a breather.
-            "retry_policy": ExponentialRetry(
-                initial_backoff=0, increment_base=1.5, retry_total=RETRIES, random_jitter_range=0.5
+            "retry_policy": ExponentialRetry(  # the SDK annotates int, and computes with any number
+                initial_backoff=0,
+                increment_base=1.5,  # type: ignore[arg-type]
+                retry_total=RETRIES,
+                random_jitter_range=0.5,  # type: ignore[arg-type]
             ),
             "max_single_put_size": SINGLE_PUT_MAX,
             "max_block_size": BLOCK_SIZE,
@@ -274,6 +320,8 @@ class AzureBlobSink(Sink):
 
     def _error(self, err: Exception, key: str | None, doing: str, *, if_absent: bool = False) -> SinkError:
         if isinstance(err, ServiceRequestError | ServiceResponseError | DecodeError | aiohttp.ClientError | OSError):
+            if stalled := self._stalled(err):
+                return SinkUnavailable(f"{doing}: {self._endpoint} {stalled}", sink=self._url, key=key)
             return SinkUnavailable(
                 f"{doing}: no answer from {self._endpoint} ({self._scrub(_reason(err))})", sink=self._url, key=key
             )
@@ -297,6 +345,16 @@ class AzureBlobSink(Sink):
         if status in _TRANSIENT_STATUS or code == "Md5Mismatch":  # a mismatch is data damaged on the way
             return SinkUnavailable(f"{doing}: {answered}", sink=self._url, key=key)
         return SinkError(f"{doing}: {answered}", sink=self._url, key=key)
+
+    def _stalled(self, err: BaseException) -> str:
+        """How a request passed its deadline, or '' if `err` is no timeout."""
+        if (stall := _stall(err)) is not None:
+            return f"stalled: {stall.reason}"
+        if isinstance(err, ServiceRequestTimeoutError):
+            return f"did not accept a connection within {self._deadlines.connect:g}s"
+        if _reason(err) == "timed out":
+            return f"stalled: no answer for {self._deadlines.stall:g}s"
+        return ""
 
     @contextlib.contextmanager
     def _translate(self, key: str | None, doing: str, *, if_absent: bool = False) -> Iterator[None]:

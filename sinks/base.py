@@ -83,7 +83,8 @@ def redact_url(uri: str) -> str:
 class Sink(abc.ABC):
     """Object storage for the archive: the same few verbs on every backend.
 
-    Every method may raise a `SinkError` subclass; `SinkUnavailable` is the only retryable one.
+    Every method may raise a `SinkError` subclass; `SinkUnavailable` is the only retryable one. Every
+    backend bounds each call in time (`sinks.deadlines`): a stalled store is SinkUnavailable, never a hang.
     """
 
     @property

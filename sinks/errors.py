@@ -45,3 +45,14 @@ class SinkPermissionDenied(SinkError):
 
 class SinkConfigError(SinkError):
     """The sink cannot be used as configured: bad URI, missing bucket, root that is not a directory."""
+
+
+class MissingExtra(SinkConfigError):
+    """The URI needs a cloud SDK that is not installed: `extra` names warren's optional extra that brings it."""
+
+    def __init__(self, scheme: str, label: str, extra: str, *, sink: str, cause: str) -> None:
+        super().__init__(
+            f"{scheme}:// needs warren's {label} support: pip install 'warren[{extra}]' ({cause})", sink=sink
+        )
+        self.scheme = scheme
+        self.extra = extra

@@ -8,12 +8,18 @@ gcloud's application-default login, or the metadata server on GCP); they never r
 google-cloud-storage blocks, so every call runs on a small thread pool the sink owns, with short
 timeouts and a few seconds of retries: an unreachable service fails as SinkUnavailable within
 seconds, and the caller, which knows what a failure costs, decides whether to try again.
+
+The timeouts are `sinks.deadlines.Deadlines`, as requests applies them to each socket operation: a
+few seconds to connect, then `stall` seconds of silence for reads; an upload request's body is sent
+with one bounded write, so an upload's timeout is `for_bytes` of what that request carries (a chunk
+at most).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import builtins  # `list` in the class body is the sink's own method
 import functools
 import http.client
 import re
@@ -35,6 +41,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from sinks.base import ObjectInfo, Sink, modified_ns, redact_url, validate_key
+from sinks.deadlines import DEFAULT_DEADLINES, Deadlines
 from sinks.errors import (
     InvalidKey,
     ObjectExists,
@@ -54,7 +61,6 @@ DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 # The client uploads objects above 8 MiB as resumable uploads, in chunks of this size (a multiple of
 # 256 KiB): a failed chunk is retried alone, and no request carries more than this.
 CHUNK_SIZE = 16 * MiB
-TIMEOUT = (5.0, 30.0)  # seconds: (to connect, between bytes received) per HTTP request
 RETRY_SECONDS = 4.0  # total time one call spends retrying 429, 5xx and connection errors
 # The client's own predicate (what it deems transient), with backoff bounded to a few seconds instead
 # of the default two minutes.
@@ -129,6 +135,28 @@ def _transport_reason(err: BaseException) -> str:
     return "timed out" if timed_out else type(err).__name__
 
 
+def _timeout_kind(err: BaseException) -> str:
+    """'connect' or 'read' if `err` is a timeout (not a refusal or a reset), else ''."""
+    if _transport_reason(err) != "timed out":
+        return ""
+    pending: list[BaseException] = [err]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        # urllib3 files a refused connection (NewConnectionError) under ConnectTimeoutError too.
+        if isinstance(current, requests.ConnectTimeout) or (
+            isinstance(current, urllib3.exceptions.ConnectTimeoutError)
+            and not isinstance(current, urllib3.exceptions.NewConnectionError)
+        ):
+            return "connect"
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+    return "read"
+
+
 class GCSSink(Sink):
     """Objects in one GCS bucket, below an optional prefix.
 
@@ -136,8 +164,10 @@ class GCSSink(Sink):
     is a generation-0 precondition, and reads of whole objects are checked against the stored CRC32C.
     """
 
-    def __init__(self, location: BucketLocation) -> None:
+    def __init__(self, location: BucketLocation, *, deadlines: Deadlines = DEFAULT_DEADLINES) -> None:
         """The sink for a parsed `gs://` location; `from_uri` parses one."""
+        self._deadlines = deadlines
+        self._timeout = (deadlines.connect, deadlines.stall)  # (to connect, between bytes) per request
         self._bucket = location.bucket
         self._prefix = location.prefix
         self._url = location.url
@@ -152,7 +182,7 @@ class GCSSink(Sink):
         self._closed = False
 
     @classmethod
-    def from_uri(cls, uri: str) -> GCSSink:
+    def from_uri(cls, uri: str, *, deadlines: Deadlines = DEFAULT_DEADLINES) -> GCSSink:
         """The sink for `gs://bucket[/prefix][?endpoint=URL][&project=ID]`; SinkConfigError if malformed."""
         location = parse_bucket_uri(
             uri,
@@ -163,7 +193,7 @@ class GCSSink(Sink):
             credentials_hint="use GOOGLE_APPLICATION_CREDENTIALS or default credentials",
             options=_OPTIONS,
         )
-        return cls(location)
+        return cls(location, deadlines=deadlines)
 
     def _check_endpoint(self, endpoint: str) -> str:
         parts = urlsplit(endpoint)
@@ -223,22 +253,27 @@ class GCSSink(Sink):
         endpoint = client.api_endpoint if client is not None else self._endpoint
         return redact_url(endpoint or DEFAULT_ENDPOINT)
 
-    async def _run(self, key: str | None, doing: str, work: Callable[..., T], *args: Any) -> T:
-        """`work(client, *args)` on the sink's thread pool; library errors come back as SinkErrors."""
+    def _upload_timeout(self, size: int) -> tuple[float, float]:
+        """Timeouts of an upload request: its body goes out in one bounded write, of a chunk at most."""
+        return (self._deadlines.connect, self._deadlines.for_bytes(min(size, CHUNK_SIZE)))
+
+    async def _run(self, key: str | None, doing: str, work: Callable[..., T], *args: Any, size: int = 0) -> T:
+        """`work(client, *args)` on the sink's thread pool; library errors come back as SinkErrors.
+        `size` is what the call uploads, for the deadline an error message names."""
         if self._closed:
             raise SinkError("the sink is closed", sink=self._url, key=key)
-        call = functools.partial(self._call, key, doing, work, *args)
+        call = functools.partial(self._call, key, doing, size, work, *args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    def _call(self, key: str | None, doing: str, work: Callable[..., T], *args: Any) -> T:
+    def _call(self, key: str | None, doing: str, size: int, work: Callable[..., T], *args: Any) -> T:
         try:
             return work(self._get_client(), *args)
         except SinkError:
             raise
         except _HANDLED_ERRORS as err:
-            raise self._error(err, key, doing) from err
+            raise self._error(err, key, doing, size=size) from err
 
-    def _error(self, err: BaseException, key: str | None, doing: str) -> SinkError:
+    def _error(self, err: BaseException, key: str | None, doing: str, *, size: int = 0) -> SinkError:
         if isinstance(err, api_errors.RetryError):
             if err.cause is None:
                 detail = f"{doing}: still failing after {RETRY_SECONDS:g}s of retries"
@@ -264,7 +299,14 @@ class GCSSink(Sink):
         if isinstance(err, auth_errors.GoogleAuthError):
             detail = f"{doing}: could not get an access token ({_transport_reason(err)})"
             return SinkUnavailable(detail, sink=self._url, key=key)
-        detail = f"{doing}: cannot reach {self._endpoint_name()} ({_transport_reason(err)})"
+        timeout = _timeout_kind(err)
+        if timeout == "connect":
+            detail = f"{doing}: {self._endpoint_name()} did not accept a connection within {self._deadlines.connect:g}s"
+        elif timeout:
+            limit = self._upload_timeout(size)[1] if size else self._deadlines.stall
+            detail = f"{doing}: {self._endpoint_name()} stalled: no progress for {limit:g}s"
+        else:
+            detail = f"{doing}: cannot reach {self._endpoint_name()} ({_transport_reason(err)})"
         return SinkUnavailable(detail, sink=self._url, key=key)
 
     def _bucket_missing(self) -> SinkConfigError:
@@ -276,7 +318,7 @@ class GCSSink(Sink):
         """Whether the bucket exists, asked with the objects.list permission the sink needs anyway
         (an object-only IAM role cannot read the bucket's own metadata)."""
         blobs = client.list_blobs(
-            self._bucket, prefix=self._prefix, max_results=1, fields="items(name)", timeout=TIMEOUT, retry=RETRY
+            self._bucket, prefix=self._prefix, max_results=1, fields="items(name)", timeout=self._timeout, retry=RETRY
         )
         try:
             next(iter(blobs), None)
@@ -311,7 +353,7 @@ class GCSSink(Sink):
 
     async def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         name = self._name(key)
-        await self._run(key, "writing", self._put, key, name, data, if_absent)
+        await self._run(key, "writing", self._put, key, name, data, if_absent, size=len(data))
 
     def _put(self, client: storage.Client, key: str, name: str, data: bytes, if_absent: bool) -> None:
         try:
@@ -323,7 +365,7 @@ class GCSSink(Sink):
                 # metadata, so GCS checks the whole object before creating it.
                 checksum="crc32c",
                 crc32c_checksum_value=_crc32c(data),
-                timeout=TIMEOUT,
+                timeout=self._upload_timeout(len(data)),
                 retry=RETRY,
             )
         except api_errors.PreconditionFailed as err:
@@ -339,7 +381,7 @@ class GCSSink(Sink):
 
     def _delete(self, client: storage.Client, key: str, name: str) -> None:
         try:
-            self._blob(client, name).delete(timeout=TIMEOUT, retry=RETRY)
+            self._blob(client, name).delete(timeout=self._timeout, retry=RETRY)
         except api_errors.NotFound as err:
             if not self._bucket_exists(client):
                 raise self._bucket_missing() from err
@@ -352,7 +394,7 @@ class GCSSink(Sink):
 
     def _get(self, client: storage.Client, key: str, name: str) -> bytes:
         try:
-            return self._blob(client, name).download_as_bytes(checksum="crc32c", timeout=TIMEOUT, retry=RETRY)
+            return self._blob(client, name).download_as_bytes(checksum="crc32c", timeout=self._timeout, retry=RETRY)
         except api_errors.NotFound as err:
             raise self._no_object(client, key) from err
 
@@ -370,9 +412,9 @@ class GCSSink(Sink):
         blob = self._blob(client, name)
         try:
             if start >= 0:
-                return blob.download_as_bytes(start=start, end=start + length - 1, timeout=TIMEOUT, retry=RETRY)
+                return blob.download_as_bytes(start=start, end=start + length - 1, timeout=self._timeout, retry=RETRY)
             # A suffix range ("bytes=-N"): the last N bytes, or all of a shorter object, in one request.
-            data = blob.download_as_bytes(start=start, timeout=TIMEOUT, retry=RETRY)
+            data = blob.download_as_bytes(start=start, timeout=self._timeout, retry=RETRY)
             # HTTP lets a server ignore Range and send the whole object (gcp-storage-emulator does, for
             # suffix ranges): more than N bytes can only mean that, so take the suffix ourselves.
             return (data[start:] if len(data) > -start else data)[:length]
@@ -386,7 +428,7 @@ class GCSSink(Sink):
         return await self._run(key, "reading metadata", self._head, key, name)
 
     def _head(self, client: storage.Client, key: str, name: str) -> ObjectInfo | None:
-        blob = client.bucket(self._bucket).get_blob(name, timeout=TIMEOUT, retry=RETRY)
+        blob = client.bucket(self._bucket).get_blob(name, timeout=self._timeout, retry=RETRY)
         if blob is None:
             if not self._bucket_exists(client):
                 raise self._bucket_missing()
@@ -403,11 +445,11 @@ class GCSSink(Sink):
 
     def _pages(self, client: storage.Client, prefix: str) -> Iterator[Any]:
         blobs = client.list_blobs(
-            self._bucket, prefix=self._prefix + prefix, fields=_LIST_FIELDS, timeout=TIMEOUT, retry=RETRY
+            self._bucket, prefix=self._prefix + prefix, fields=_LIST_FIELDS, timeout=self._timeout, retry=RETRY
         )
         return iter(blobs.pages)  # lazy: each next() fetches a page
 
-    def _next_page(self, client: storage.Client, pages: Iterator[Any]) -> list[ObjectInfo] | None:
+    def _next_page(self, client: storage.Client, pages: Iterator[Any]) -> builtins.list[ObjectInfo] | None:
         page = next(pages, None)
         if page is None:
             return None

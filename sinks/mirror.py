@@ -2,8 +2,10 @@
 
 A put returns once `write_quorum` members hold the object; the other writes go on in the background,
 and a member that failed (or was down at start) is caught up from the others, key by key, with capped
-backoff, for as long as it takes. Reads go to the first member that has the object. `reconcile()`
-finds what members lack after a restart (the catch-up queue lives in memory) and queues it.
+backoff, for as long as it takes. A member whose write stalls is reported by name after a few seconds
+(and while it lasts); it holds nothing back while the others make the quorum. Reads go to the first
+member that has the object. `reconcile()` finds what members lack after a restart (the catch-up queue
+lives in memory) and queues it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from sinks.base import ObjectInfo, Sink
+from sinks.deadlines import STALL_REPEAT, STALL_WARNING, StallReport
 from sinks.errors import ObjectExists, ObjectNotFound, SinkConfigError, SinkError, SinkUnavailable
 
 log = logging.getLogger("warren.sinks")
@@ -119,13 +122,27 @@ class MirroredSink(Sink):
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
+    def _stall_report(self, member: _Member, key: str, doing: str, size: int) -> StallReport:
+        return StallReport(
+            log,
+            sink=member.sink.url,
+            key=key,
+            operation=doing,
+            size=size,
+            warn_after=STALL_WARNING,
+            repeat=STALL_REPEAT,
+            message="mirror member stalled: sink write still pending",
+        )
+
     async def _put_member(self, member: _Member, key: str, data: bytes, if_absent: bool, version: int) -> None:
-        try:
-            await member.sink.put(key, data, if_absent=if_absent)
-        except ObjectExists:
-            # The member already has it: the same bytes (an earlier, unacknowledged try) count as written.
-            if await member.sink.get(key) != data:
-                raise
+        with self._stall_report(member, key, "writing", len(data)) as pending:
+            try:
+                await member.sink.put(key, data, if_absent=if_absent)
+            except ObjectExists:
+                # The member already has it: the same bytes (an earlier, unacknowledged try) count as written.
+                if await member.sink.get(key) != data:
+                    raise
+            pending.completed()
         if member.lagging.get(key, version + 1) <= version:
             del member.lagging[key]  # only a write at least as new as the one it missed settles the lag
         if member.lagging:
@@ -156,7 +173,9 @@ class MirroredSink(Sink):
                 if data is None:
                     # No member has it yet: the write that it missed is still landing on the others.
                     raise SinkUnavailable("no other member holds it yet", sink=member.sink.url, key=key)
-                await member.sink.put(key, data)
+                with self._stall_report(member, key, "catching up", len(data)) as pending:
+                    await member.sink.put(key, data)
+                    pending.completed()
                 # A newer miss meanwhile keeps it queued (at the back); a newer write may have settled it.
                 current = member.lagging.pop(key, None)
                 if current is not None and current != version:

@@ -6,6 +6,10 @@ an error message. Every put carries a CRC32 checksum that the service verifies; 
 `multipart_threshold` go up as a multipart upload with a checksum per part, aborted if it fails.
 A conditional create (`if_absent`) is `If-None-Match: *`, which S3 applies atomically.
 
+Every request attempt is bounded (see `sinks.deadlines`): botocore's connect and read timeouts, and
+an HTTP session of our own that hands the body over a slice at a time and gives up on an upload that
+stops moving or a request that outlives its size's deadline; a stalled endpoint is SinkUnavailable.
+
 One aiobotocore client serves the sink within an event loop, opened on first use. aiohttp binds
 connections to the loop that made them, so a sink used from a later loop (the test harness runs each
 step in a fresh one) opens a new client there, and every loop closes its own client when it shuts
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -25,10 +30,13 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiobotocore.client import AioBaseClient
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import get_session
 from botocore import exceptions as boto
+from botocore.handlers import add_expect_header
 
 from sinks.base import ObjectInfo, Sink, modified_ns, redact_url, validate_key
+from sinks.deadlines import DEFAULT_DEADLINES, Deadlines, Stalled, Upload, bounded, content_length
 from sinks.errors import (
     InvalidKey,
     ObjectExists,
@@ -46,7 +54,10 @@ PART_SIZE = 8 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 MAX_PARTS = 10_000  # S3's maximum per upload
 PART_CONCURRENCY = 4  # parts of one object in flight at once
-MAX_ATTEMPTS = 3  # per request, by botocore's standard retry mode, before SinkUnavailable reaches the caller
+MAX_ATTEMPTS = 3  # attempts per request (botocore's standard retry mode) before SinkUnavailable reaches the caller
+# Connections per client: more than the parts of all the uploads in flight, so that no request waits for
+# a connection long enough to pass its deadline.
+MAX_POOL_CONNECTIONS = 32
 
 OPTIONS = ("endpoint-url", "region")
 # S3's bucket naming rules, loosened to the legacy names (capitals, '_') some S3-compatible stores accept.
@@ -97,6 +108,44 @@ _CREDENTIALS = (
 )
 _UNREACHABLE = (boto.ConnectionError, boto.HTTPClientError, boto.IncompleteReadError, aiohttp.ClientError, OSError)
 _DAMAGED = (boto.ChecksumError, boto.FlexibleChecksumError, boto.AwsChunkedWrapperError)
+
+
+class RequestStalled(boto.ReadTimeoutError):
+    """One request attempt passed its deadline; a timeout to botocore, which retries it like any other."""
+
+    fmt = 'Request stalled on endpoint URL: "{endpoint_url}": {reason}'
+
+
+def bounded_session(deadlines: Deadlines) -> type[AIOHTTPSession]:
+    """aiobotocore's HTTP session, with `deadlines` on every request attempt (see `sinks.deadlines.bounded`)."""
+
+    class BoundedSession(AIOHTTPSession):
+        async def send(self, request: Any) -> Any:
+            body = request.body
+            upload = _upload_of(body)
+            size = content_length(request.headers, body)
+            if upload is not None:
+                request.body = upload  # read once, as the attempt starts; put back for a retry
+            try:
+                return await bounded(super().send(request), deadlines, size=size, upload=upload)
+            except Stalled as err:
+                raise RequestStalled(endpoint_url=request.url, reason=err.reason) from err
+            finally:
+                request.body = body
+
+    return BoundedSession
+
+
+def _upload_of(body: object) -> Upload | None:
+    """The request body as an `Upload`, or None if it is empty or a stream of unknown length."""
+    if isinstance(body, io.BytesIO):
+        # botocore wraps a bytes Body in a BytesIO; getvalue() hands back those same bytes, uncopied.
+        data: bytes | bytearray | memoryview = memoryview(body.getvalue())[body.tell() :]
+    elif isinstance(body, bytes | bytearray):
+        data = body
+    else:
+        return None
+    return Upload(data) if len(data) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +204,8 @@ class S3Sink(Sink):
     """Objects in an S3 bucket under a key prefix; `check()` writes, reads and deletes a probe object.
 
     `multipart_threshold` (bytes) is the size above which a put becomes a multipart upload of
-    `part_size` parts; `max_attempts` bounds botocore's own retries of one request.
+    `part_size` parts; `max_attempts` bounds botocore's own retries of one request, and `deadlines`
+    each attempt.
     """
 
     def __init__(
@@ -165,6 +215,7 @@ class S3Sink(Sink):
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
         max_attempts: int = MAX_ATTEMPTS,
+        deadlines: Deadlines = DEFAULT_DEADLINES,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum), got {part_size}")
@@ -174,10 +225,13 @@ class S3Sink(Sink):
         self._url = self._location.url
         self._multipart_threshold = multipart_threshold
         self._part_size = part_size
+        self._deadlines = deadlines
         self._config = AioConfig(
-            connect_timeout=10,
-            read_timeout=60,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=deadlines.connect,
+            read_timeout=deadlines.stall,  # silence while awaiting or reading an answer
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            max_pool_connections=MAX_POOL_CONNECTIONS,
+            http_session_cls=bounded_session(deadlines),
         )
         # One session for the sink's life: it caches the service model and the resolved credentials.
         self._session = get_session()
@@ -219,6 +273,10 @@ class S3Sink(Sink):
         async with self._session.create_client(
             "s3", endpoint_url=location.endpoint_url, region_name=location.region, config=self._config
         ) as client:
+            # botocore sends every file-like body with "Expect: 100-continue", so each PUT waits a round
+            # trip for the go-ahead before its body: twice the latency per segment. A refused PUT then
+            # costs its body's bytes once; an accepted one (nearly all) costs one round trip less.
+            client.meta.events.unregister("before-call.s3", add_expect_header)
             self._endpoint = redact_url(client.meta.endpoint_url)
             yield client
 
@@ -254,6 +312,8 @@ class S3Sink(Sink):
             )
         if isinstance(err, _DAMAGED):
             return SinkUnavailable(f"{doing}: data damaged in transit: {err}", sink=self._url, key=key)
+        if stalled := self._stalled(err):
+            return SinkUnavailable(f"{doing}: the S3 endpoint {self._endpoint} {stalled}", sink=self._url, key=key)
         if isinstance(err, _UNREACHABLE):
             return SinkUnavailable(
                 f"{doing}: cannot reach the S3 endpoint {self._endpoint}: {type(err).__name__}: {err}",
@@ -261,6 +321,16 @@ class S3Sink(Sink):
                 key=key,
             )
         return SinkError(f"{doing}: {type(err).__name__}: {err}", sink=self._url, key=key)
+
+    def _stalled(self, err: Exception) -> str:
+        """How a request passed its deadline, or '' if `err` is no timeout."""
+        if isinstance(err, RequestStalled):
+            return f"stalled: {err.kwargs['reason']}"
+        if isinstance(err, boto.ConnectTimeoutError):
+            return f"did not accept a connection within {self._deadlines.connect:g}s"
+        if isinstance(err, boto.ReadTimeoutError | aiohttp.ServerTimeoutError | TimeoutError):
+            return f"stalled: no answer for {self._deadlines.stall:g}s"
+        return ""
 
     def _service_error(self, err: boto.ClientError, key: str | None, doing: str) -> SinkError:
         error = err.response.get("Error", {})

@@ -1,4 +1,4 @@
-"""The archive: records, segments, the layout on storage, the rolling writer and the readers.
+"""The archive format and reading it: records, segments, the layout on storage, checkpoints, definitions, readers.
 
 docs/FORMAT.md is the specification; this package is its reference implementation.
 """

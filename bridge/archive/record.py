@@ -14,7 +14,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.message import Message, Properties, decode_properties
+from protocol.core.header_table import comparable_properties
+from protocol.core.message import Message, Properties, decode_properties
+from protocol.errors import FrameError
 
 
 class RecordKind(enum.IntEnum):
@@ -62,6 +64,9 @@ class Record:
     offset: int | None = None
     chunk_ts_ms: int | None = None
     fingerprint: bytes | None = None
+    copy_of: int | None = None  # proven a copy of this earlier record by the archiver: replay skips it
+    possible_copy_of: int | None = None  # redelivered with the content of this earlier record, unproven: kept
+    snapshot: int | None = None  # the snapshot run (its start, ns) this record was read in
     _properties: Properties | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -82,20 +87,52 @@ K_KIND, K_SEQ, K_CAPTURED, K_BODY = "k", "s", "c", "b"
 K_EXCHANGE, K_ROUTING_KEY, K_PROPS, K_REDELIVERED = "e", "r", "p", "d"
 K_MESSAGE_ID, K_TIMESTAMP = "m", "t"
 K_OFFSET, K_CHUNK_TS, K_FINGERPRINT = "o", "u", "f"
+K_COPY_OF, K_POSSIBLE_COPY_OF, K_SNAPSHOT = "x", "y", "n"
 
 
-def fingerprint(message: Message) -> bytes:
-    """Identifies a message's content (where it went, properties, body) to spot redelivered copies."""
+def fingerprint(exchange: str, routing_key: str, raw_properties: bytes, body: bytes) -> bytes:
+    """Identifies a message's content (where it went, properties, body) to recognise a redelivered copy.
+
+    The header table is taken in name order and without the broker's own delivery count
+    (`comparable_properties`): a quorum queue adds `x-delivery-count` to every redelivery and may
+    re-encode the table in name order, so a copy would otherwise never look like its original.
+    """
+    try:
+        comparable = comparable_properties(raw_properties)
+    except FrameError:
+        comparable = raw_properties  # archived as it came; compared as it came
     h = hashlib.blake2b(digest_size=16)
-    for part in (message.exchange.encode(), message.routing_key.encode(), message.raw_properties):
+    for part in (exchange.encode(), routing_key.encode(), comparable):
         h.update(len(part).to_bytes(4, "big"))
         h.update(part)
-    h.update(message.body)
+    h.update(body)
     return h.digest()
 
 
+def message_fingerprint(message: Message) -> bytes:
+    return fingerprint(message.exchange, message.routing_key, message.raw_properties, message.body)
+
+
+def record_fingerprint(record: Record) -> bytes:
+    return fingerprint(record.exchange, record.routing_key, record.raw_properties, record.body)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyMark:
+    """What the archiver knows of a redelivered message: a proven copy, or possibly one, of `seq`."""
+
+    seq: int
+    proven: bool
+
+
 def amqp_record_map(
-    seq: int, captured_ns: int, message: Message, *, fingerprint: bytes | None = None
+    seq: int,
+    captured_ns: int,
+    message: Message,
+    *,
+    fingerprint: bytes | None = None,
+    mark: CopyMark | None = None,
+    snapshot: int | None = None,
 ) -> dict[str, Any]:
     """The record map of a message consumed over AMQP 0-9-1; filter fields are decoded only if cheap."""
     m: dict[str, Any] = {
@@ -111,6 +148,10 @@ def amqp_record_map(
         m[K_REDELIVERED] = True
     if fingerprint is not None:
         m[K_FINGERPRINT] = fingerprint
+    if mark is not None:
+        m[K_COPY_OF if mark.proven else K_POSSIBLE_COPY_OF] = mark.seq
+    if snapshot is not None:
+        m[K_SNAPSHOT] = snapshot
     _add_filter_fields(m, message.raw_properties)
     return m
 
@@ -191,4 +232,7 @@ def record_from_map(m: dict[str, Any]) -> Record:
         offset=m.get(K_OFFSET),
         chunk_ts_ms=m.get(K_CHUNK_TS),
         fingerprint=m.get(K_FINGERPRINT),
+        copy_of=m.get(K_COPY_OF),
+        possible_copy_of=m.get(K_POSSIBLE_COPY_OF),
+        snapshot=m.get(K_SNAPSHOT),
     )

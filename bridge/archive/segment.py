@@ -16,8 +16,8 @@ block headers, so a flipped bit or a truncation is found, never decoded as data.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import google_crc32c
@@ -25,11 +25,17 @@ import msgpack
 import zstandard
 
 from bridge.archive.record import (
+    K_BODY,
     K_CAPTURED,
     K_CHUNK_TS,
+    K_COPY_OF,
+    K_KIND,
     K_OFFSET,
+    K_POSSIBLE_COPY_OF,
     K_SEQ,
+    K_SNAPSHOT,
     Record,
+    RecordKind,
     Source,
     record_from_map,
 )
@@ -83,6 +89,9 @@ class SegmentIndex:
     last_offset: int | None
     blocks: tuple[BlockEntry, ...]
     size: int
+    copies: int = 0  # records the archiver proved copies of earlier ones (replay skips them)
+    possible_copies: int = 0  # redelivered records with an earlier record's content, unproven (replay keeps them)
+    snapshot: int | None = None  # the snapshot run the records were read in, if they were
 
 
 @dataclass
@@ -96,6 +105,9 @@ class _Stats:
     max_time_ns: int = 0
     first_offset: int | None = None
     last_offset: int | None = None
+    copies: int = 0
+    possible_copies: int = 0
+    snapshot: int | None = None
 
     def add(self, m: dict[str, Any]) -> None:
         seq, captured = m[K_SEQ], m[K_CAPTURED]
@@ -113,6 +125,42 @@ class _Stats:
         offset = m.get(K_OFFSET)
         if offset is not None:
             self.last_offset = offset
+        self.copies += K_COPY_OF in m
+        self.possible_copies += K_POSSIBLE_COPY_OF in m
+        snapshot = m.get(K_SNAPSHOT)
+        if snapshot is not None:
+            self.snapshot = snapshot
+
+    def add_run(self, first_seq: int, last_seq: int, captured_ns: int, time_ns: int, offsets: tuple[int, int]) -> None:
+        """Records first_seq..last_seq at once: one stream chunk's (or the part of it in one block)."""
+        if self.records == 0:
+            self.first_seq, self.first_captured_ns = first_seq, captured_ns
+            self.min_time_ns = self.max_time_ns = time_ns
+            self.first_offset = offsets[0]
+        else:
+            self.min_time_ns = min(self.min_time_ns, time_ns)
+            self.max_time_ns = max(self.max_time_ns, time_ns)
+        self.records += last_seq - first_seq + 1
+        self.last_seq, self.last_captured_ns = last_seq, captured_ns
+        self.last_offset = offsets[1]
+
+    @classmethod
+    def of(cls, index: SegmentIndex) -> _Stats:
+        """A whole segment's statistics, from its footer."""
+        return cls(
+            records=index.records,
+            first_seq=index.first_seq,
+            last_seq=index.last_seq,
+            first_captured_ns=index.first_captured_ns,
+            last_captured_ns=index.last_captured_ns,
+            min_time_ns=index.min_time_ns,
+            max_time_ns=index.max_time_ns,
+            first_offset=index.first_offset,
+            last_offset=index.last_offset,
+            copies=index.copies,
+            possible_copies=index.possible_copies,
+            snapshot=index.snapshot,
+        )
 
     def merge(self, later: _Stats) -> _Stats:
         """These records followed by `later`'s."""
@@ -130,6 +178,9 @@ class _Stats:
             max_time_ns=max(self.max_time_ns, later.max_time_ns),
             first_offset=self.first_offset if self.first_offset is not None else later.first_offset,
             last_offset=later.last_offset if later.last_offset is not None else self.last_offset,
+            copies=self.copies + later.copies,
+            possible_copies=self.possible_copies + later.possible_copies,
+            snapshot=later.snapshot if later.snapshot is not None else self.snapshot,
         )
 
 
@@ -183,47 +234,75 @@ class SegmentBuilder:
         if len(self._raw) >= self._block_bytes:
             self._close_block()
 
+    def add_stream_chunk(
+        self,
+        first_seq: int,
+        captured_ns: int,
+        chunk_ts_ms: int,
+        chunk: Sequence[tuple[int, bytes]],
+        start: int,
+        stop: int,
+        max_bytes: int,
+    ) -> int:
+        """Records for `chunk[start:stop]` (a stream chunk's (offset, message) pairs), numbered from
+        `first_seq`, in one pass: the same bytes as `add(stream_record_map(...))` for each, without a map
+        and a statistics update per message. Stops early once the segment reaches `max_bytes`; returns
+        how many it added."""
+        if start >= stop:
+            return 0
+        if self._header is None:
+            self._header = self._encode_header(first_seq)
+            self._written = len(self._header)
+        record: dict[str, Any] = {
+            K_KIND: RecordKind.STREAM,
+            K_SEQ: first_seq,
+            K_CAPTURED: captured_ns,
+            K_BODY: b"",
+            K_OFFSET: 0,
+            K_CHUNK_TS: chunk_ts_ms,
+        }  # the key order of stream_record_map: msgpack writes a map in insertion order
+        time_ns = chunk_ts_ms * 1_000_000
+        pack = self._packer.pack
+        block_bytes = self._block_bytes
+        run_start = i = start
+        seq = first_seq
+        while i < stop:
+            offset, body = chunk[i]
+            record[K_SEQ] = seq
+            record[K_BODY] = body
+            record[K_OFFSET] = offset
+            self._raw += pack(record)
+            i += 1
+            seq += 1
+            full = self._written + len(self._raw) >= max_bytes
+            if len(self._raw) >= block_bytes or full:
+                self._block_stats.add_run(
+                    first_seq + run_start - start, seq - 1, captured_ns, time_ns, (chunk[run_start][0], offset)
+                )
+                run_start = i
+                if len(self._raw) >= block_bytes:
+                    self._close_block()
+                if full:
+                    break
+        if run_start < i:
+            self._block_stats.add_run(
+                first_seq + run_start - start, seq - 1, captured_ns, time_ns, (chunk[run_start][0], chunk[i - 1][0])
+            )
+        return i - start
+
     def finish(self) -> bytes:
         if self._header is None:
             raise ValueError("an empty segment is never written")
         self._close_block()
-        s = self.stats
-        footer = msgpack.packb(
-            {
-                "records": s.records,
-                "first_seq": s.first_seq,
-                "last_seq": s.last_seq,
-                "first_captured_ns": s.first_captured_ns,
-                "last_captured_ns": s.last_captured_ns,
-                "min_time_ns": s.min_time_ns,
-                "max_time_ns": s.max_time_ns,
-                "first_offset": s.first_offset,
-                "last_offset": s.last_offset,
-                "blocks": [entry.to_list() for entry in self._index],
-            },
-            use_bin_type=True,
-        )
-        trailer = _prefix.pack(len(footer), crc32c(footer)) + END_MAGIC
-        return b"".join([self._header, *self._blocks, footer, trailer])
+        return b"".join([self._header, *self._blocks, encode_footer(self.stats, self._index)])
 
     def _encode_header(self, first_seq: int) -> bytes:
-        header = msgpack.packb(
-            {
-                "format": FORMAT_VERSION,
-                "source": self.source.to_map(),
-                "codec": CODEC,
-                "first_seq": first_seq,
-                "created_ns": self.created_ns,
-                "writer": "warren",
-            },
-            use_bin_type=True,
-        )
-        return MAGIC + _prefix.pack(len(header), crc32c(header)) + header
+        return encode_header(self.source, first_seq, self.created_ns)
 
     def _close_block(self) -> None:
         if not self._raw:
             return
-        compressed = self._compressor.compress(bytes(self._raw))
+        compressed = self._compressor.compress(self._raw)  # no copy: zstandard reads the buffer
         b = self._block_stats
         block = _block.pack(len(compressed), len(self._raw), b.records, crc32c(compressed)) + compressed
         self._index.append(BlockEntry(self._written, len(block), b.records, b.first_seq, b.min_time_ns, b.max_time_ns))
@@ -234,16 +313,100 @@ class SegmentBuilder:
         self._block_stats = _Stats()
 
 
+def encode_header(source: Source, first_seq: int, created_ns: int) -> bytes:
+    """Magic, the header map's length and CRC, and the map."""
+    header = msgpack.packb(
+        {
+            "format": FORMAT_VERSION,
+            "source": source.to_map(),
+            "codec": CODEC,
+            "first_seq": first_seq,
+            "created_ns": created_ns,
+            "writer": "warren",
+        },
+        use_bin_type=True,
+    )
+    return MAGIC + _prefix.pack(len(header), crc32c(header)) + header
+
+
+def encode_footer(s: _Stats, index: list[BlockEntry]) -> bytes:
+    """The footer map and the trailer after it."""
+    footer = msgpack.packb(
+        {
+            "records": s.records,
+            "first_seq": s.first_seq,
+            "last_seq": s.last_seq,
+            "first_captured_ns": s.first_captured_ns,
+            "last_captured_ns": s.last_captured_ns,
+            "min_time_ns": s.min_time_ns,
+            "max_time_ns": s.max_time_ns,
+            "first_offset": s.first_offset,
+            "last_offset": s.last_offset,
+            "blocks": [entry.to_list() for entry in index],
+            **({"copies": s.copies} if s.copies else {}),
+            **({"possible_copies": s.possible_copies} if s.possible_copies else {}),
+            **({"snapshot": s.snapshot} if s.snapshot is not None else {}),
+        },
+        use_bin_type=True,
+    )
+    return footer + _prefix.pack(len(footer), crc32c(footer)) + END_MAGIC
+
+
+def merge_segments(segments: list[tuple[str, bytes]], created_ns: int) -> bytes:
+    """One segment holding every record of `segments` (name, bytes), which must be whole, of one source,
+    of one snapshot run (or none) and contiguous in sequence. Their blocks are copied as they are
+    (compressed, each CRC checked on the way), so the merge costs no decompression and no re-encoding."""
+    if not segments:
+        raise ValueError("nothing to merge")
+    indexes = [read_index(data, name) for name, data in segments]
+    first = indexes[0]
+    stats = _Stats()
+    blocks: list[bytes] = []
+    entries: list[BlockEntry] = []
+    header = encode_header(first.source, first.first_seq, created_ns)
+    written = len(header)
+    for (name, data), index in zip(segments, indexes, strict=True):
+        if index.source != first.source or index.snapshot != first.snapshot:
+            raise ValueError(f"{name} is of another source or snapshot than {segments[0][0]}")
+        if stats.records and index.first_seq != stats.last_seq + 1:
+            raise ValueError(f"{name} starts at {index.first_seq}, not right after {stats.last_seq}")
+        for entry in index.blocks:
+            block = data[entry.position : entry.position + entry.length]
+            clen, _, _, crc = _block.unpack_from(block, 0)
+            if crc32c(block[_block.size :]) != crc or _block.size + clen != entry.length:
+                raise ArchiveCorrupt("block checksum mismatch", segment=name, offset=entry.position)
+            blocks.append(block)
+            entries.append(replace(entry, position=written))
+            written += entry.length
+        stats = stats.merge(_Stats.of(index))
+    return b"".join([header, *blocks, encode_footer(stats, entries)])
+
+
 def segment_name(first_seq: int) -> str:
     """Deterministic: a retried upload of the same records lands on the same key."""
     return f"{first_seq:020d}{SUFFIX}"
 
 
-def first_seq_from_name(name: str) -> int | None:
+def compacted_segment_name(first_seq: int, last_seq: int) -> str:
+    """A compacted segment's name says the whole run it holds, so that readers know, from a listing, which
+    segments it covers (and skip them until compaction has removed them)."""
+    return f"{first_seq:020d}-{last_seq:020d}{SUFFIX}"
+
+
+def seq_range_from_name(name: str) -> tuple[int, int | None] | None:
+    """(first seq, last seq of a compacted segment or None) from a segment's name; None if not one."""
     stem = name.rsplit("/", 1)[-1]
-    if not stem.endswith(SUFFIX) or not stem[: -len(SUFFIX)].isdigit():
+    if not stem.endswith(SUFFIX):
         return None
-    return int(stem[: -len(SUFFIX)])
+    first, sep, last = stem[: -len(SUFFIX)].partition("-")
+    if not first.isdigit() or (sep and not last.isdigit()):
+        return None
+    return int(first), int(last) if sep else None
+
+
+def first_seq_from_name(name: str) -> int | None:
+    parsed = seq_range_from_name(name)
+    return None if parsed is None else parsed[0]
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -303,6 +466,9 @@ def parse_index(source: Source, footer: bytes, crc: int, name: str, size: int) -
             last_offset=f["last_offset"],
             blocks=blocks,
             size=size,
+            copies=f.get("copies", 0),
+            possible_copies=f.get("possible_copies", 0),
+            snapshot=f.get("snapshot"),
         )
     except (KeyError, TypeError, ValueError, msgpack.UnpackException) as err:
         raise ArchiveCorrupt(f"footer does not describe a segment: {err}", segment=name, offset=footer_at) from err

@@ -1,4 +1,5 @@
-"""Reconnect delays: the Shovel's `reconnect-delay`, doubled on repeated failure, capped, with jitter."""
+"""Delays between attempts, for every retry in the archiver: a source reconnecting (the Shovel's
+`reconnect-delay`) and a sink write retried. Doubled on repeated failure, capped, with jitter."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ HEALTHY_AFTER = 30.0  # a session that lasted this long resets the backoff
 @dataclass
 class Backoff:
     base: float
+    max_delay: float = MAX_DELAY
     attempts: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -22,6 +24,6 @@ class Backoff:
     def next_delay(self) -> float:
         if time.monotonic() - self.started >= HEALTHY_AFTER:
             self.attempts = 0
-        delay = min(MAX_DELAY, self.base * 2**self.attempts)
+        delay = min(self.max_delay, self.base * 2**self.attempts)
         self.attempts += 1
         return delay * random.uniform(0.8, 1.0)

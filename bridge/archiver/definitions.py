@@ -10,21 +10,12 @@ import logging
 import time
 from typing import Any
 
-import zstandard
-
 from bridge.archive import layout
+from bridge.archive.definitions import encode_definitions
 from protocol.management import ManagementClient, ManagementError
 from sinks import Sink, SinkError
 
 log = logging.getLogger("warren.archiver")
-
-
-def encode_definitions(definitions: dict[str, Any]) -> bytes:
-    return zstandard.ZstdCompressor(level=9).compress(json.dumps(definitions, sort_keys=True).encode())
-
-
-def decode_definitions(data: bytes) -> dict[str, Any]:
-    return json.loads(zstandard.ZstdDecompressor().decompress(data, max_output_size=512 * 1024 * 1024))
 
 
 def _digest(definitions: dict[str, Any]) -> bytes:
@@ -48,6 +39,11 @@ class DefinitionsRecorder:
                 await self.poll_once(management)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.interval)
+
+    async def save_once(self) -> bool:
+        """Save the definitions now (a snapshot's topology); True if saved."""
+        async with ManagementClient(self.management_uri) as management:
+            return await self.poll_once(management)
 
     async def poll_once(self, management: ManagementClient) -> bool:
         """Save the definitions if they differ from the last saved; True if saved."""

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from bridge.archive.record import Record, Source
-from bridge.timespec import format_time
+from bridge.timespec import format_span
 
 
 @dataclass
@@ -15,7 +14,9 @@ class SourceOutcome:
     target: str  # where the records went, e.g. "queue 'orders' in vhost '/'"
     replayed: int = 0
     bytes: int = 0
-    skipped_duplicates: int = 0
+    skipped_duplicates: int = 0  # records the archiver proved copies of earlier ones
+    possible_duplicates: int = 0  # replayed records the archiver could not prove copies or not
+    superseded: int = 0  # snapshot records of other snapshots than the one restored
     already_confirmed: int = 0  # archive sequence up to which the state file says the target has everything
     in_doubt: int = 0  # published but unconfirmed when a previous run stopped: may now be duplicated
     first_ns: int | None = None
@@ -29,11 +30,18 @@ class SourceOutcome:
         self.last_ns = t if self.last_ns is None else max(self.last_ns, t)
 
     def line(self) -> str:
-        span = f"{format_time(self.first_ns)} .. {format_time(self.last_ns)}" if self.first_ns is not None else "-"
+        span = format_span(self.first_ns, self.last_ns)
         text = (
             f"{'FAILED' if self.error else 'done  '} {self.source} -> {self.target}: {self.replayed} replayed, "
             f"{self.skipped_duplicates} duplicates skipped, covering {span}"
         )
+        if self.possible_duplicates:
+            text += (
+                f"; {self.possible_duplicates} possible duplicates kept (delivered again with the content of an "
+                "earlier message, not provably copies)"
+            )
+        if self.superseded:
+            text += f"; {self.superseded} records of other snapshots passed over"
         if self.already_confirmed:
             text += f"; sequences up to {self.already_confirmed} were already confirmed by an earlier run"
         if self.in_doubt:
@@ -43,26 +51,3 @@ class SourceOutcome:
         if self.error:
             text += f"\n       {self.error}"
         return text
-
-
-class DuplicateFilter:
-    """Drops a redelivered record whose content matches a record seen shortly before it.
-
-    The archiver marks redeliveries; after a crash between the durable write and the ack, the broker
-    redelivers within a prefetch window or so, so a bounded memory of recent records suffices. The
-    memory holds Python's 64-bit hash of each record's content (cheap, and only compared within this
-    process); a redelivered copy with a matching hash is a duplicate.
-    """
-
-    def __init__(self, capacity: int = 200_000) -> None:
-        self.capacity = capacity
-        self._seen: OrderedDict[int, None] = OrderedDict()
-
-    def is_duplicate(self, record: Record) -> bool:
-        key = hash((record.exchange, record.routing_key, record.raw_properties, record.body))
-        if record.redelivered and key in self._seen:
-            return True
-        self._seen[key] = None
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-        return False

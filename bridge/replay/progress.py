@@ -1,7 +1,9 @@
-"""Replay progress: a one-line bar on a terminal (messages, bytes, rate, ETA), log lines otherwise."""
+"""Replay progress: a one-line bar on a terminal (messages, bytes, rate, ETA), log lines otherwise, and
+the status line systemd shows for a replay it runs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -60,3 +62,21 @@ class Progress:
         if self.tty:
             self.stream.write("\r\033[K" + self.describe() + "\n")
             self.stream.flush()
+
+
+class ReplayStatus:
+    """What systemd is told about a replay (bridge/service_notify.py): ready once it runs, and its
+    progress, refreshed every few seconds."""
+
+    def __init__(self, archive: str, progress: Progress, *, follow: bool) -> None:
+        self.archive = archive
+        self.progress = progress
+        self.follow = follow
+        self.changed = asyncio.Event()  # nothing to announce at once: the line is refreshed on a timer
+
+    def ready(self) -> bool:
+        return True
+
+    def line(self) -> str:
+        doing = "following" if self.follow else "replaying"
+        return f"{doing} {self.archive}: {self.progress.describe()}"

@@ -8,19 +8,20 @@ Every publish is mandatory: a return or a nack names the message and stops the s
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from bridge.archive.layout import SegmentKey
 from bridge.archive.record import Record, RecordKind
 from bridge.errors import WarrenError
-from bridge.replay.outcome import DuplicateFilter, SourceOutcome
+from bridge.replay.confirms import ConfirmWindow
+from bridge.replay.outcome import SourceOutcome
 from bridge.replay.pacing import RateLimit
 from bridge.replay.state import SourceProgress
 from protocol import connect
+from protocol.core.events import Confirm, Returned
+from protocol.core.header_table import without_delivery_count
 from protocol.errors import PublishNacked
-from protocol.events import Confirm, Returned
 
 NO_ROUTE = 312
 NO_ROUTE_HINT = " (does the queue exist on the target? --definitions restores it)"
@@ -59,58 +60,47 @@ async def replay_queue(
     rate: RateLimit | None = None,
     confirm_window: int = CONFIRM_WINDOW,
     on_progress: Callable[[int, int], None] | None = None,
+    keep_delivery_count: bool = False,
 ) -> None:
-    duplicates = DuplicateFilter()
     conn = await connect(route.vhost_uri, name="warren replay")
     try:
         channel = await conn.channel()
         await channel.confirm_select(window=confirm_window)
-        refused: list[str] = []
+        # A returned message is acked too (after its basic.return): it settles, but as a refusal, so
+        # neither it nor anything after it counts as replayed.
+        window = ConfirmWindow(progress, outcome)
 
         def on_return(event: Returned) -> None:
             m = event.message
-            refused.append(
+            window.refuse(
                 f"message {m.properties.message_id or '(no message-id)'} to exchange {m.exchange!r} with routing key "
                 f"{m.routing_key!r} was returned: {event.reply_code} {event.reply_text}"
                 + (NO_ROUTE_HINT if event.reply_code == NO_ROUTE else "")
             )
 
-        in_flight: deque[tuple[int, int, Record | None]] = deque()  # confirm seq, archive seq, what went out
         last_save = time.monotonic()
-
-        def settle() -> bool:
-            through = channel.confirmed_through
-            advanced = False
-            while in_flight and in_flight[0][0] <= through:
-                _, archive_seq, record = in_flight.popleft()
-                progress.confirmed_seq = archive_seq
-                advanced = True
-                if record is not None and not refused:  # a returned message is acked too: not replayed
-                    outcome.replayed += 1
-                    outcome.bytes += len(record.body)
-                    outcome.covered(record)
-            return advanced
 
         def on_confirm(event: Confirm) -> None:
             if not event.ack:
-                refused.append(f"the target refused (nacked) publish #{event.delivery_tag}")
+                window.refuse(f"the target refused (nacked) publish #{event.delivery_tag}")
             # The state file follows every confirm, so a kill -9 can only leave the unconfirmed window
             # in doubt (a cheap write: the page cache survives a killed process; fsync follows below).
-            if settle():
+            if window.settle_through(channel.confirmed_through):
                 save_state(False)
 
         channel.on_return = on_return
         channel.on_confirm = on_confirm
 
         async for segment, record in records:
-            if refused:
+            if window.refused:
                 break
             if record.kind is not RecordKind.AMQP091:
                 raise ReplayRefused(f"{segment.key}: record #{record.seq} is not an AMQP 0-9-1 message")
-            if not keep_duplicates and duplicates.is_duplicate(record):
-                outcome.skipped_duplicates += 1
-                in_flight.append((channel.published_seq, record.seq, None))
+            if record.copy_of is not None and not keep_duplicates:
+                outcome.skipped_duplicates += 1  # the archiver proved it a copy of an earlier record
+                window.passed_over(channel.published_seq, record.seq)
                 continue
+            outcome.possible_duplicates += record.possible_copy_of is not None
             if rate is not None:
                 await rate.take()
             if record.seq > progress.published_seq:
@@ -118,25 +108,28 @@ async def replay_queue(
                 progress.published_seq = record.seq + confirm_window
                 save_state(True)
             exchange, routing_key = route.address(record)
+            raw_properties = record.raw_properties
+            if not keep_delivery_count:  # the source broker's count would make a restored message look like poison
+                raw_properties = without_delivery_count(raw_properties)
             seq = await channel.publish(
-                exchange, routing_key, record.body, raw_properties=record.raw_properties, mandatory=True
+                exchange, routing_key, record.body, raw_properties=raw_properties, mandatory=True
             )
-            in_flight.append((seq, record.seq, record))
+            window.sent(seq, record)
             if on_progress is not None:
                 on_progress(1, len(record.body))
             now = time.monotonic()
             if now - last_save >= SAVE_EVERY:
                 save_state(True)
                 last_save = now
-        if not refused:
+        if not window.refused:
             try:
                 await channel.wait_for_confirms()
             except PublishNacked as err:
-                refused.append(f"the target refused (nacked) {len(err.delivery_tags)} message(s)")
-        settle()
-        progress.published_seq = progress.confirmed_seq if not in_flight else progress.published_seq
+                window.refuse(f"the target refused (nacked) {len(err.delivery_tags)} message(s)")
+        window.settle_through(channel.confirmed_through)
+        window.finish()
         save_state(True)
-        if refused:
-            raise ReplayRefused(f"{outcome.source}: " + refused[0])
+        if window.refused:
+            raise ReplayRefused(f"{outcome.source}: " + window.refusals[0])
     finally:
         await conn.close()

@@ -6,7 +6,6 @@ to the state file as the target confirms, so a rerun continues where the last on
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -17,24 +16,38 @@ from dataclasses import dataclass, field
 
 from bridge.archive import layout
 from bridge.archive.layout import SegmentKey
-from bridge.archive.reader import TimeRange, read_index
-from bridge.archive.record import Record, SourceKind
+from bridge.archive.reader import TimeRange
+from bridge.archive.record import Record, Source, SourceKind
 from bridge.config import derived_uri, resolve_stream_uri, with_vhost
-from bridge.errors import ArchiveCorrupt, ConfigError, WarrenError
+from bridge.errors import ArchiveCorrupt, WarrenError
+from bridge.metrics.endpoint import MetricsEndpoint
+from bridge.metrics.listen import parse_listen
+from bridge.metrics.replay import ReplayMetrics
 from bridge.replay import topology
 from bridge.replay.outcome import SourceOutcome
 from bridge.replay.pacing import RateLimit
-from bridge.replay.progress import Progress
+from bridge.replay.progress import Progress, ReplayStatus
 from bridge.replay.queue_target import CONFIRM_WINDOW, QueueRoute, replay_queue
-from bridge.replay.selection import DrySummary, SourcePlan, dry_run, plan_sources, records_after, refresh
+from bridge.replay.selection import (
+    DrySummary,
+    SourcePlan,
+    count_selected,
+    dry_run,
+    plan_sources,
+    records_after,
+    refresh,
+)
 from bridge.replay.state import ReplayState, SourceProgress
 from bridge.replay.stream_target import replay_stream
-from bridge.timespec import format_time, parse_time
+from bridge.service_notify import notifying
+from bridge.timespec import format_span
 from protocol.errors import ProtocolError
-from protocol.stream import StreamEndpoint
+from protocol.stream import FilterValueSource, StreamEndpoint
 from sinks import Sink, SinkError, open_sink
 
 log = logging.getLogger("warren.replay")
+
+STOPPING_STATUS = "stopping: finishing what is in flight, saving the replay state"
 
 
 @dataclass(frozen=True)
@@ -51,12 +64,15 @@ class ReplayOptions:
     via_exchange: bool = False
     remap: topology.Remap = field(default_factory=topology.Remap)
     keep_duplicates: bool = False
+    keep_delivery_count: bool = False
+    stream_filter_from: FilterValueSource | None = None
     rate: float | None = None
     state: str | None = None
     dry_run: bool = False
     follow: bool = False
     follow_interval: float = 1.0
     skip_corrupt: bool = False
+    metrics_listen: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz (bridge/metrics/)
 
     @property
     def window(self) -> TimeRange:
@@ -84,7 +100,10 @@ async def run_replay(options: ReplayOptions) -> list[SourceOutcome]:
         state = ReplayState.load(options.state)
         if options.dry_run:
             for summary in [
-                await dry_run(sink, p, options.window, _progress_of(state, p).confirmed_seq) for p in plans
+                await dry_run(
+                    sink, p, options.window, _progress_of(state, p).confirmed_seq, keep_copies=options.keep_duplicates
+                )
+                for p in plans
             ]:
                 print(_dry_line(summary))
             return []
@@ -92,14 +111,23 @@ async def run_replay(options: ReplayOptions) -> list[SourceOutcome]:
             key, definitions = await topology.definitions_at(sink, options.until_ns)
             log.info("restoring definitions", extra={"saved_as": key})
             prepared = topology.prepare(definitions, options.remap, with_users=options.with_users)
-            await topology.restore(options.management_uri, prepared, with_users=options.with_users)
+            for line in await topology.restore(options.management_uri, prepared, with_users=options.with_users):
+                print(line)  # what the target could not take, policy by policy
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         try:
-            progress = Progress(None if options.follow else await _estimate(sink, plans, options.window))
-            outcomes = await _replay_all(sink, plans, options, state, progress, stopping)
+            progress = Progress(None if options.follow else await _estimate(sink, plans, options, state))
+            board: dict[Source, SourceOutcome] = {}
+            endpoint = await _serve_metrics(options, board, progress)
+            try:
+                status = ReplayStatus(sink.url, progress, follow=options.follow)
+                async with notifying(stopping, status, STOPPING_STATUS):
+                    outcomes = await _replay_all(sink, plans, options, state, progress, stopping, board)
+            finally:
+                if endpoint is not None:
+                    await endpoint.stop()
             progress.finish()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,6 +141,19 @@ async def run_replay(options: ReplayOptions) -> list[SourceOutcome]:
     return outcomes
 
 
+async def _serve_metrics(
+    options: ReplayOptions, board: dict[Source, SourceOutcome], progress: Progress
+) -> MetricsEndpoint | None:
+    if options.metrics_listen is None:
+        return None
+    metrics = ReplayMetrics(board, progress)
+    endpoint = MetricsEndpoint(
+        parse_listen(options.metrics_listen), metrics.registry, metrics.liveness, metrics.readiness
+    )
+    await endpoint.start()
+    return endpoint
+
+
 async def _replay_all(
     sink: Sink,
     plans: list[SourcePlan],
@@ -120,9 +161,13 @@ async def _replay_all(
     state: ReplayState,
     progress: Progress,
     stopping: asyncio.Event,
+    board: dict[Source, SourceOutcome],
 ) -> list[SourceOutcome]:
-    """Every source concurrently; in follow mode, also the sources the archive gains meanwhile."""
-    tasks = {p.source: asyncio.create_task(_replay_source(sink, p, options, state, progress, stopping)) for p in plans}
+    """Every source concurrently; in follow mode, also the sources the archive gains meanwhile. Each
+    one's outcome is on `board` while it runs (the metrics read it)."""
+    tasks = {
+        p.source: asyncio.create_task(_replay_source(sink, p, options, state, progress, stopping, board)) for p in plans
+    }
     if options.follow:
         if not tasks:
             log.info("waiting for the archive to hold a source", extra={"archive": sink.url})
@@ -140,7 +185,7 @@ async def _replay_all(
                 if plan.source not in tasks:
                     log.info("following a new source", extra={"source": str(plan.source)})
                     tasks[plan.source] = asyncio.create_task(
-                        _replay_source(sink, plan, options, state, progress, stopping)
+                        _replay_source(sink, plan, options, state, progress, stopping, board)
                     )
     return [await task for task in tasks.values()]
 
@@ -150,19 +195,23 @@ def _progress_of(state: ReplayState, plan: SourcePlan) -> SourceProgress:
 
 
 def _dry_line(s: DrySummary) -> str:
-    span = f"{format_time(s.first_ns)} .. {format_time(s.last_ns)}" if s.first_ns is not None else "-"
-    return f"would replay {s.source}: {s.records} messages, {s.bytes} bytes, captured {span}"
+    span = format_span(s.first_ns, s.last_ns)
+    line = f"would replay {s.source}: {s.records} messages, {s.bytes} bytes, captured {span}"
+    if s.copies:
+        line += f"; would skip {s.copies} duplicates"
+    if s.possible_copies:
+        line += f"; {s.possible_copies} of the messages are possible duplicates"
+    return line
 
 
-async def _estimate(sink: Sink, plans: list[SourcePlan], window: TimeRange) -> int | None:
-    """Records in the segments the window touches: the bar's total (exact when whole segments are in)."""
+async def _estimate(sink: Sink, plans: list[SourcePlan], options: ReplayOptions, state: ReplayState) -> int | None:
+    """What the replay will publish (the progress bar's total): the selection only, after what an
+    earlier run already has, without the copies it skips."""
     total = 0
     try:
         for plan in plans:
-            for seg in plan.segments:
-                index = await read_index(sink, seg)
-                if window.overlaps(index):
-                    total += index.records
+            after = _progress_of(state, plan).confirmed_seq
+            total += await count_selected(sink, plan, options.window, after, keep_copies=options.keep_duplicates)
     except (ArchiveCorrupt, SinkError):
         return None  # the replay itself reports it, per source
     return total
@@ -175,6 +224,7 @@ async def _replay_source(
     state: ReplayState,
     progress: Progress,
     stopping: asyncio.Event,
+    board: dict[Source, SourceOutcome],
 ) -> SourceOutcome:
     source = plan.source
     vhost = options.remap.vhost(source.vhost)
@@ -186,7 +236,7 @@ async def _replay_source(
     else:
         target_name = source.name
         where = f"stream {target_name!r}"
-    outcome = SourceOutcome(source, f"{where} in vhost {vhost!r}")
+    outcome = board[source] = SourceOutcome(source, f"{where} in vhost {vhost!r}")
     # Only the unconfirmed window can have reached the target unrecorded; the written-ahead mark bounds it too.
     outcome.in_doubt = max(0, min(progress_of.published_seq - progress_of.confirmed_seq, CONFIRM_WINDOW))
     outcome.already_confirmed = start_after
@@ -210,6 +260,7 @@ async def _replay_source(
                 keep_duplicates=options.keep_duplicates,
                 rate=RateLimit(options.rate),
                 on_progress=progress.add,
+                keep_delivery_count=options.keep_delivery_count,
             )
         else:
             stream_uri = options.target_stream_uri or await resolve_stream_uri(options.target, options.management_uri)
@@ -217,15 +268,14 @@ async def _replay_source(
             outcome.target += f" at {endpoint.redacted()}"
             await replay_stream(
                 records, endpoint, target_name, outcome, progress_of, state.save,
-                rate=RateLimit(options.rate), on_progress=progress.add,
+                rate=RateLimit(options.rate), on_progress=progress.add, filter_from=options.stream_filter_from,
             )  # fmt: skip
     except ArchiveCorrupt as err:
         outcome.error = f"corrupt: {err}"
     except (WarrenError, ProtocolError, SinkError, OSError) as err:
         outcome.error = str(err)
-    except Exception as err:  # rstream's own errors
-        outcome.error = f"{type(err).__name__}: {err}"
     outcome.corrupt = plan.corrupt
+    outcome.superseded = plan.superseded
     state.save()
     return outcome
 
@@ -256,43 +306,3 @@ async def _records(
         if stopping.is_set():
             return
         await refresh(sink, plan, options.window)
-
-
-def parse_mapping(pairs: list[str], flag: str) -> dict[str, str]:
-    mapping = {}
-    for pair in pairs:
-        old, sep, new = pair.partition("=")
-        if not sep or not old or not new:
-            raise ConfigError(f"{flag} {pair!r}: expected OLD=NEW")
-        mapping[old] = new
-    return mapping
-
-
-def options_from_args(args: argparse.Namespace) -> ReplayOptions:
-    """The command line's `replay` arguments, checked, as options."""
-    until = args.at or args.until
-    if args.follow and until:
-        raise ConfigError("--follow replays what the archiver commits next: it takes --since, not --at or --until")
-    return ReplayOptions(
-        archive=args.archive,
-        target=args.target,
-        since_ns=parse_time(args.since, what="--since") if args.since else None,
-        until_ns=parse_time(until, what="--at" if args.at else "--until") if until else None,
-        sources=tuple(args.source),
-        definitions=args.definitions,
-        with_users=args.with_users,
-        target_management_uri=args.target_management_uri,
-        target_stream_uri=args.target_stream_uri,
-        via_exchange=args.via_exchange,
-        remap=topology.Remap(
-            parse_mapping(args.map_vhost, "--map-vhost"),
-            parse_mapping(args.map_queue, "--map-queue"),
-            parse_mapping(args.map_exchange, "--map-exchange"),
-        ),
-        keep_duplicates=args.keep_duplicates,
-        rate=args.rate,
-        state=args.state,
-        dry_run=args.dry_run,
-        follow=args.follow,
-        skip_corrupt=args.skip_corrupt,
-    )

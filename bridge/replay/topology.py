@@ -2,7 +2,8 @@
 
 Users and permissions are restored only on request (`--with-users`); without them the target's own
 user is granted access to the vhosts the definitions create, so the replay can publish there.
-warren's own tap queues are left out, and so are global parameters such as the cluster name.
+warren's own queues (taps, acknowledgement witnesses) are left out, and so are global parameters such as
+the cluster name.
 """
 
 from __future__ import annotations
@@ -14,15 +15,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.archive import layout
-from bridge.archiver.definitions import decode_definitions
-from bridge.archiver.tap import TAP_PREFIX
-from bridge.errors import WarrenError
-from protocol.management import ManagementClient
+from bridge.archive.definitions import decode_definitions
+from bridge.errors import TargetRefused, WarrenError
+from bridge.own_queues import is_own_queue
+from protocol.management import ManagementClient, ManagementError
 from sinks import Sink
 
 log = logging.getLogger("warren.replay")
 
 USER_KEYS = ("users", "permissions", "topic_permissions")
+
+
+@dataclass(frozen=True)
+class PolicyRemoval:
+    """Policy keys brokers from `since` on refuse (the whole import fails on one), and why they went."""
+
+    since: tuple[int, ...]
+    keys: tuple[str, ...]
+    why: str
+
+
+POLICY_REMOVALS = (
+    PolicyRemoval(
+        (4, 0),
+        (
+            "ha-mode",
+            "ha-params",
+            "ha-sync-mode",
+            "ha-sync-batch-size",
+            "ha-promote-on-shutdown",
+            "ha-promote-on-failure",
+        ),
+        "classic mirroring is gone in RabbitMQ 4.0",
+    ),
+)
 
 
 class NoDefinitions(WarrenError):
@@ -68,11 +94,11 @@ def prepare(definitions: dict[str, Any], remap: Remap, *, with_users: bool) -> d
     if not with_users:
         for key in USER_KEYS:
             d.pop(key, None)
-    d["queues"] = [q for q in d.get("queues", []) if not q["name"].startswith(TAP_PREFIX)]
+    d["queues"] = [q for q in d.get("queues", []) if not is_own_queue(q["name"])]
     d["bindings"] = [
         b
         for b in d.get("bindings", [])
-        if not (b.get("destination_type") == "queue" and b["destination"].startswith(TAP_PREFIX))
+        if not (b.get("destination_type") == "queue" and is_own_queue(b["destination"]))
     ]
     for v in d.get("vhosts", []):
         v["name"] = remap.vhost(v["name"])
@@ -91,18 +117,80 @@ def prepare(definitions: dict[str, Any], remap: Remap, *, with_users: bool) -> d
     return d
 
 
-async def restore(management_uri: str, definitions: dict[str, Any], *, with_users: bool) -> None:
+def fit_to_target(definitions: dict[str, Any], version: tuple[int, ...] | None) -> tuple[dict[str, Any], list[str]]:
+    """The definitions without what a broker of `version` refuses, and one line per policy changed.
+
+    A policy left with no keys is dropped whole (the broker refuses an empty one too). An unknown
+    version changes nothing: the broker then judges, and a refusal says what it refused.
+    """
+    removals = [r for r in POLICY_REMOVALS if version is not None and version >= r.since]
+    if not removals:
+        return definitions, []
+    d = copy.deepcopy(definitions)
+    report: list[str] = []
+    kept = []
+    for policy in d.get("policies", []):
+        definition = policy.get("definition", {})
+        where = f"policy {policy.get('name')!r} in vhost {policy.get('vhost')!r}"
+        dropped: list[str] = []
+        whys: list[str] = []
+        for removal in removals:
+            here = [key for key in definition if key in removal.keys]
+            if here:
+                dropped += here
+                whys.append(removal.why)
+                for key in here:
+                    del definition[key]
+        if not dropped:
+            kept.append(policy)
+            continue
+        why = "; ".join(whys)
+        if definition:
+            kept.append(policy)
+            report.append(f"{where}: dropped {', '.join(dropped)} ({why})")
+        else:
+            report.append(f"{where}: dropped whole, it held only {', '.join(dropped)} ({why})")
+    if "policies" in d:
+        d["policies"] = kept
+    return d, report
+
+
+async def restore(management_uri: str, definitions: dict[str, Any], *, with_users: bool) -> list[str]:
+    """Load the definitions into the target, first fitted to its RabbitMQ version; returns the report
+    of what had to change (`fit_to_target`), for the replay's summary.
+
+    The target's refusal (a 4xx with its reason) is a `TargetRefused`; unreachable and credentials
+    refused stay the management API's own errors.
+    """
+    version: tuple[int, ...] | None = None
+    asked = "its version"
     async with ManagementClient(management_uri) as management:
-        await management.load_definitions(definitions)
-        if not with_users:
-            user = management.endpoint.username
-            for vhost in definitions.get("vhosts", []):
-                await management.grant_all(vhost["name"], user)
+        try:
+            version = await management.server_version()
+            fitted, report = fit_to_target(definitions, version)
+            asked = "the definitions"
+            await management.load_definitions(fitted)
+            if not with_users:
+                user = management.endpoint.username
+                for vhost in fitted.get("vhosts", []):
+                    asked = f"access to vhost {vhost['name']!r} for user {user!r}"
+                    await management.grant_all(vhost["name"], user)
+        except ManagementError as err:
+            if not err.refused:
+                raise
+            rabbitmq = f"RabbitMQ {'.'.join(map(str, version))}" if version else "its management API"
+            raise TargetRefused(
+                f"the target broker ({rabbitmq}) refused {asked}: {err.status} {err.reason} ({err.url})"
+            ) from err
+    for line in report:
+        log.warning("definitions changed for the target", extra={"change": line})
     log.info(
         "definitions restored",
         extra={
-            "queues": len(definitions.get("queues", [])),
-            "exchanges": len(definitions.get("exchanges", [])),
-            "bindings": len(definitions.get("bindings", [])),
+            "queues": len(fitted.get("queues", [])),
+            "exchanges": len(fitted.get("exchanges", [])),
+            "bindings": len(fitted.get("bindings", [])),
+            "policies": len(fitted.get("policies", [])),
         },
     )
+    return report

@@ -18,9 +18,9 @@ import pytest
 from bridge.archive.layout import SegmentKey
 from bridge.archive.reader import list_segments
 from bridge.archive.record import Source, SourceKind
-from bridge.archive.writer import RollPolicy, SegmentWriter
+from bridge.archiver.writer import RollPolicy, SegmentWriter
+from protocol.core.message import Message
 from protocol.loop import run
-from protocol.message import Message
 from sinks import LocalSink
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ async def write_archive(root: Path) -> None:
     clock = Clock()
     policy = RollPolicy(max_age=3600)
 
-    orders = SegmentWriter(sink, ORDERS, policy=policy, clock=clock, retry_delays=(0.01,))
+    orders = SegmentWriter(sink, ORDERS, policy=policy, clock=clock, retry_base=0.01, retry_max=0.01)
     await orders.start()
     for n in range(1, 31):
         clock.now_ns = T0 + n * 60 * S
@@ -75,14 +75,14 @@ async def write_archive(root: Path) -> None:
             await orders.flush()  # three segments: 1-10, 11-20, 21-30
     await orders.close()
 
-    payments = SegmentWriter(sink, PAYMENTS, policy=policy, clock=clock, retry_delays=(0.01,))
+    payments = SegmentWriter(sink, PAYMENTS, policy=policy, clock=clock, retry_base=0.01, retry_max=0.01)
     await payments.start()
     for n in range(1, 6):
         clock.now_ns = T0 + 2 * 3600 * S + n * S  # 12:00:0n
         payments.append_message(Message.build(f"zahlung {n} €".encode(), {"message_id": f"pay-{n}"}))
     await payments.close()
 
-    events = SegmentWriter(sink, EVENTS, policy=policy, clock=clock, retry_delays=(0.01,))
+    events = SegmentWriter(sink, EVENTS, policy=policy, clock=clock, retry_base=0.01, retry_max=0.01)
     await events.start()
     for k in range(1, 7):
         clock.now_ns = T0 + 3 * 3600 * S + k * S + S // 2
@@ -173,7 +173,10 @@ def test_ls_json_is_one_array_with_counts_sizes_and_times_per_source(archive):
     by_name = {entry["source"]: entry for entry in listed}
     assert set(by_name) == {ORDERS.name, PAYMENTS.name, EVENTS.name}
     for entry in listed:
-        assert set(entry) == {"source", "vhost", "kind", "records", "segments", "bytes", "first", "last"}
+        assert set(entry) == {
+            "source", "vhost", "kind", "records", "copies", "possible_copies", "segments", "bytes", "first", "last"
+        }  # fmt: skip
+        assert (entry["copies"], entry["possible_copies"]) == (0, 0)  # nothing was delivered twice
     for source, records, first, last in [
         (ORDERS, 30, "2024-05-01T10:01:00Z", "2024-05-01T10:30:00Z"),
         (PAYMENTS, 5, "2024-05-01T12:00:01Z", "2024-05-01T12:00:05Z"),

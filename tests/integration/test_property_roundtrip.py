@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol import Message, connect
+from protocol.core.message import Properties, decode_properties, encode_properties
 from protocol.loop import run
-from protocol.message import Properties, decode_properties, encode_properties
 
 shortstr = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 255)
 keys = st.text(min_size=1, max_size=20).filter(lambda s: len(s.encode()) <= 128)

@@ -29,23 +29,22 @@ import pika.exceptions
 import pytest
 
 from bridge.archive.reader import list_segments, read_records
-from bridge.localnode import LocalNode
+from bridge.harness.nodes import LocalNode, free_port
 from protocol.loop import run
 from sinks import open_sink
 from tests.integration.archiving import (
     ArchiverProcess,
-    Archivers,
     Outgoing,
     publish,
     queue_counts,
     queue_source,
     simple_messages,
-    wait_until,
     warren,
 )
 from tests.integration.replaying import declare, drain_queue
+from tests.polling import wait_until
 from tests.sinks.emulators_azure import Azurite, find_azurite
-from tests.sinks.emulators_gcs import GCSEmulator, _emulator_executable, _free_port
+from tests.sinks.emulators_gcs import GCSEmulator, _emulator_executable
 from tests.sinks.emulators_s3 import MotoServer, use_test_credentials
 
 pytestmark = pytest.mark.slow
@@ -101,7 +100,7 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
         try:
             s3 = MotoServer(root).start()
             started.append(s3)
-            gcs = GCSEmulator(gcs_executable, _free_port(), root / "gcs.log", data_dir=root / "gcs")
+            gcs = GCSEmulator(gcs_executable, free_port(), root / "gcs.log", data_dir=root / "gcs")
             started.append(gcs)
             gcs.start()
             (root / "azurite").mkdir()
@@ -122,12 +121,6 @@ def sinks(emulators: Emulators) -> Iterator[dict[str, str]]:
         yield emulators.new_sinks()
     finally:
         emulators.ensure_running()  # the next test finds all three up
-
-
-@pytest.fixture
-def archivers(tmp_path: Path) -> Iterator[Archivers]:
-    with Archivers(tmp_path) as started:
-        yield started
 
 
 # ---- configuration, publishing, reading back ---------------------------------------------------

@@ -20,8 +20,8 @@ import pytest
 
 from bridge.archive import layout
 from bridge.archive.record import Source, SourceKind
-from bridge.localnode import LocalNode
-from tests.integration.archiving import Archivers, Outgoing, Witness, publish, wait_until, write_config
+from bridge.harness.nodes import LocalNode
+from tests.integration.archiving import Archivers, Outgoing, Witness, publish, write_config
 from tests.integration.replaying import (
     Replayers,
     SummaryLine,
@@ -35,6 +35,7 @@ from tests.integration.replaying import (
     summary,
     wait_archived,
 )
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +45,8 @@ CONFIRM_WINDOW = 1000  # warren replay's unconfirmed publishes per queue source
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory) -> LocalNode:
-    with private_node(tmp_path_factory.mktemp("faults-target")) as node:
+def target(rabbitmq, tmp_path_factory) -> LocalNode:
+    with private_node(tmp_path_factory.mktemp("faults-target"), rabbitmq) as node:
         yield node
 
 

@@ -18,12 +18,12 @@ import pytest
 
 from bridge.archive import layout
 from bridge.archive.checkpoint import Checkpoint, read_checkpoint
+from bridge.archive.definitions import encode_definitions
 from bridge.archive.reader import list_segments
 from bridge.archive.record import Source, SourceKind
-from bridge.archive.writer import RollPolicy, SegmentWriter
-from bridge.archiver.definitions import encode_definitions
+from bridge.archiver.writer import RollPolicy, SegmentWriter
+from protocol.core.message import Message
 from protocol.loop import run
-from protocol.message import Message
 from sinks import LocalSink
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ async def write_archive(root: Path) -> None:
     await sink.check()
     clock = Clock()
     policy = RollPolicy(max_age=3600)
-    orders = SegmentWriter(sink, ORDERS, policy=policy, clock=clock, retry_delays=(0.01,))
+    orders = SegmentWriter(sink, ORDERS, policy=policy, clock=clock, retry_base=0.01, retry_max=0.01)
     await orders.start()
     for n in range(1, 31):
         clock.now_ns = T0 + n * 60 * S
@@ -64,7 +64,7 @@ async def write_archive(root: Path) -> None:
         if n % 10 == 0:
             await orders.flush()
     await orders.close()
-    events = SegmentWriter(sink, EVENTS, policy=policy, clock=clock, retry_delays=(0.01,))
+    events = SegmentWriter(sink, EVENTS, policy=policy, clock=clock, retry_base=0.01, retry_max=0.01)
     await events.start()
     for k in range(1, 7):
         clock.now_ns = T0 + 2 * 3600 * S + k * S
@@ -219,7 +219,9 @@ def test_a_destination_checkpoint_ahead_of_the_source_is_not_rolled_back(src, tm
         sink = LocalSink(dst)
         clock = Clock()
         clock.now_ns = T0 + 40 * 60 * S
-        writer = SegmentWriter(sink, ORDERS, policy=RollPolicy(max_age=3600), clock=clock, retry_delays=(0.01,))
+        writer = SegmentWriter(
+            sink, ORDERS, policy=RollPolicy(max_age=3600), clock=clock, retry_base=0.01, retry_max=0.01
+        )
         await writer.start()
         for n in range(31, 36):
             writer.append_message(Message.build(f"order {n}".encode(), {"message_id": f"order-{n}"}))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from bridge.harness.nodes import free_port
 from protocol.loop import run
 
 if TYPE_CHECKING:
@@ -37,12 +37,6 @@ GCS_EMULATOR_GAPS = {
 START_TIMEOUT = 30.0  # seconds for the emulator to answer after launch
 STOP_TIMEOUT = 10.0  # seconds for it to exit after SIGTERM before SIGKILL
 PROJECT = "warren-test"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _emulator_executable() -> str | None:
@@ -156,7 +150,7 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCSEmulat
     if executable is None:
         pytest.skip("gcp-storage-emulator is not installed (pip install gcp-storage-emulator)")
     log_path = tmp_path_factory.mktemp("gcs-emulator") / "emulator.log"
-    emulator = GCSEmulator(executable, _free_port(), log_path)
+    emulator = GCSEmulator(executable, free_port(), log_path)
     emulator.start()
     try:
         yield emulator

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from sinks import (
     SinkPermissionDenied,
     SinkUnavailable,
 )
+from sinks.deadlines import Deadlines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +110,7 @@ def test_a_writer_killed_mid_write_never_leaves_a_partial_object(local: LocalSin
 
     leftovers = [name for name in files_under(local.root) if name.startswith("seg/.tmp-")]
     assert len(leftovers) == 1, files_under(local.root)  # the crash did happen mid-write
-    assert (local.root / leftovers[0]).stat().st_size == 4 << 20
+    assert 0 < (local.root / leftovers[0]).stat().st_size < 8 << 20  # written in steps: some of it
     assert run(local.get("seg/big")) == b"previous version"
     assert run(keys_of(local, "")) == ["seg/big"]
     assert run(local.cleanup_temporary(older_than=0)) == 1
@@ -262,3 +264,93 @@ def test_objects_get_the_operators_umask_not_a_private_mode(local: LocalSink):
 def test_get_of_a_missing_key_in_an_existing_root_is_not_found(local: LocalSink):
     with pytest.raises(ObjectNotFound):
         run(local.get("seg/a"))
+
+
+# -- a stalled disk, a full disk
+
+
+def test_a_stalled_fsync_fails_the_put_within_its_deadline_and_the_key_stays_busy_until_the_thread_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    sink = LocalSink(tmp_path / "archive", deadlines=Deadlines(connect=1.0, stall=0.3, min_rate=1 << 30))
+    run(sink.check())
+    disk_back = threading.Event()
+    real_fsync = os.fsync
+
+    def hanging_fsync(fd: int) -> None:
+        disk_back.wait(30)  # a dead NFS server, until the test brings it back
+        real_fsync(fd)
+
+    monkeypatch.setattr(sinks.local.os, "fsync", hanging_fsync)
+    began = time.monotonic()
+    with pytest.raises(SinkUnavailable) as caught:
+        run(sink.put("seg/a", b"segment bytes"))
+    assert time.monotonic() - began < 2
+    assert caught.value.retryable and caught.value.key == "seg/a"
+    assert f"writing: the filesystem under {sink.root} made no progress for 0.3s" in str(caught.value)
+
+    # While the abandoned thread still runs, a retry of that key fails at once instead of racing it.
+    with pytest.raises(SinkUnavailable, match="still stuck"):
+        run(sink.put("seg/a", b"segment bytes"))
+
+    disk_back.set()
+    deadline = time.monotonic() + 10
+    while "seg/a" in sink._stuck:
+        assert time.monotonic() < deadline, "the abandoned put never gave up"
+        time.sleep(0.01)
+    # It gave up before the rename: no object, no temporary file.
+    assert files_under(sink.root) == []
+    monkeypatch.setattr(sinks.local.os, "fsync", real_fsync)
+    run(sink.put("seg/a", b"segment bytes"))
+    assert run(sink.get("seg/a")) == b"segment bytes"
+
+
+def test_a_full_disk_is_retryable_says_where_and_how_much_and_leaves_no_temporary_file(
+    local: LocalSink, monkeypatch: pytest.MonkeyPatch
+):
+    real_write = os.write
+    full = True
+
+    def write_some_then_fill_up(fd: int, data: bytes) -> int:
+        if full and os.fstat(fd).st_size >= 1 << 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(sinks.local.os, "write", write_some_then_fill_up)
+    data = os.urandom(3 << 20)
+    with pytest.raises(SinkUnavailable) as caught:
+        run(local.put("seg/a", data))
+    assert caught.value.retryable
+    message = str(caught.value)
+    assert f"no space left on {local.root} (No space left on device: " in message
+    assert " free, the write needed 3.0 MiB); retrying until there is room" in message
+    assert files_under(local.root) == []  # the partial temporary file is gone
+
+    full = False  # space is back: the same put succeeds
+    run(local.put("seg/a", data))
+    assert run(local.get("seg/a")) == data
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_on_a_full_tmpfs_a_put_fails_retryably_without_leftovers_and_succeeds_once_there_is_room(tmp_path: Path):
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], check=True)
+    try:
+        sink = LocalSink(mount_point / "archive")
+        run(sink.check())
+        filler = mount_point / "filler"
+        filler.write_bytes(os.urandom(512 << 10))
+        data = os.urandom(768 << 10)
+        with pytest.raises(SinkUnavailable) as caught:
+            run(sink.put("seg/a", data))
+        assert caught.value.retryable
+        assert f"no space left on {sink.root}" in str(caught.value)
+        assert "the write needed 768.0 KiB" in str(caught.value)
+        assert files_under(sink.root) == []
+
+        filler.unlink()
+        run(sink.put("seg/a", data))
+        assert run(sink.get("seg/a")) == data
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)

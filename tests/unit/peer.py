@@ -13,9 +13,9 @@ from typing import Any
 from pamqp import body, commands, decode
 from pamqp import frame as pframe
 
-from protocol import frames
-from protocol.connection import ConnectionState
-from protocol.events import Event
+from protocol.core import frames
+from protocol.core.connection import ConnectionState
+from protocol.core.events import Event
 
 _frame_head = struct.Struct(">BHI")
 

@@ -18,10 +18,10 @@ from bridge.archive.layout import SegmentKey
 from bridge.archive.reader import list_segments, read_index, read_records
 from bridge.archive.record import Record, RecordKind, Source, SourceKind, filter_fields
 from bridge.archive.segment import HEADER_FIXED, TRAILER_SIZE, SegmentIndex, verify_segment
-from bridge.archive.writer import RollPolicy, SegmentWriter
+from bridge.archiver.writer import RollPolicy, SegmentWriter
 from bridge.errors import ArchiveCorrupt
+from protocol.core.message import PROPERTY_NAMES, Message, decode_properties
 from protocol.loop import run
-from protocol.message import PROPERTY_NAMES, Message, decode_properties
 from sinks import LocalSink
 
 BLOCK_BYTES = 512
@@ -97,7 +97,7 @@ def messages(draw: st.DrawFn) -> tuple[Message, dict[str, Any]]:
 async def archive_messages(root: Path, messages: list[Message]) -> tuple[list[SegmentKey], list[Record]]:
     sink = LocalSink(root)
     await sink.check()
-    writer = SegmentWriter(sink, QUEUE, policy=POLICY, retry_delays=(0.01,))
+    writer = SegmentWriter(sink, QUEUE, policy=POLICY, retry_base=0.01, retry_max=0.01)
     await writer.start()
     for message in messages:
         writer.append_message(message)
@@ -208,7 +208,7 @@ def test_stream_records_keep_body_offset_and_chunk_timestamp(chunks):
     async def scenario(root: Path) -> list[Record]:
         sink = LocalSink(root)
         await sink.check()
-        writer = SegmentWriter(sink, STREAM, policy=POLICY, retry_delays=(0.01,))
+        writer = SegmentWriter(sink, STREAM, policy=POLICY, retry_base=0.01, retry_max=0.01)
         await writer.start()
         for encoded, offset, chunk_ts in chunks:
             writer.append_stream(encoded, offset, chunk_ts)
@@ -242,7 +242,7 @@ def written_segment(tmp_path: Path, messages: list[Message], policy: RollPolicy 
     async def scenario() -> tuple[str, bytes]:
         sink = LocalSink(tmp_path / "archive")
         await sink.check()
-        writer = SegmentWriter(sink, QUEUE, policy=policy, retry_delays=(0.01,))
+        writer = SegmentWriter(sink, QUEUE, policy=policy, retry_base=0.01, retry_max=0.01)
         await writer.start()
         for message in messages:
             writer.append_message(message)

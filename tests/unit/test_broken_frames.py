@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from pamqp import body, commands
 from pamqp import frame as pframe
 
-from protocol import frames
-from protocol.connection import State
+from protocol.core import frames
+from protocol.core.connection import State
 from protocol.errors import ConnectionLost, FrameError
 from tests.unit.peer import Broker, content_header, opened, parse, raw_frame
 

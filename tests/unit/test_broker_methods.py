@@ -7,9 +7,8 @@ import pytest
 from pamqp import body, commands
 from pamqp import frame as pframe
 
-from protocol.connection import State
-from protocol.errors import ChannelClosed, FrameError
-from protocol.events import (
+from protocol.core.connection import State
+from protocol.core.events import (
     Blocked,
     ChannelClosedByPeer,
     ChannelFlow,
@@ -18,7 +17,8 @@ from protocol.events import (
     MethodReceived,
     Unblocked,
 )
-from protocol.message import Message
+from protocol.core.message import Message
+from protocol.errors import ChannelClosed, FrameError
 from tests.unit.peer import Broker, content_header, opened
 
 

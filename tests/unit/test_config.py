@@ -39,6 +39,7 @@ stream-uri = "rabbitmq-stream://warren:s3cret@rabbit.example:5552/prod"
 sinks = ["file:///var/lib/warren", "/mnt/backup/warren", "file:///srv/warren"]
 segment-max-bytes = 1048576
 segment-max-age = 30.5
+segment-idle = 0
 definitions-interval = 0
 
 [[source]]
@@ -121,6 +122,7 @@ def test_a_full_file_parses_into_the_expected_configuration(tmp_path):
             sinks=("file:///var/lib/warren", "/mnt/backup/warren", "file:///srv/warren"),
             segment_max_bytes=1048576,
             segment_max_age=30.5,
+            segment_idle=0,
             definitions_interval=0,
             write_quorum=None,
         ),
@@ -130,16 +132,17 @@ def test_a_full_file_parses_into_the_expected_configuration(tmp_path):
             QueueSourceConfig(
                 "invoices", "amqp://billing:pw@rabbit.example:5672/billing", management, "snapshot", "on-confirm"
             ),
-            StreamSourceConfig("events", "prod", streams, StreamOffset("first")),
-            StreamSourceConfig("clicks", "prod", streams, StreamOffset("last"), 0.5),
-            StreamSourceConfig("logs", "prod", streams, StreamOffset("next")),
-            StreamSourceConfig("metrics", "prod", streams, StreamOffset("offset", 12345)),
-            StreamSourceConfig("ticks", "prod", streams, StreamOffset("offset", 678)),
+            StreamSourceConfig("events", "prod", streams, StreamOffset("first"), lease_uri=prod),
+            StreamSourceConfig("clicks", "prod", streams, StreamOffset("last"), 0.5, lease_uri=prod),
+            StreamSourceConfig("logs", "prod", streams, StreamOffset("next"), lease_uri=prod),
+            StreamSourceConfig("metrics", "prod", streams, StreamOffset("offset", 12345), lease_uri=prod),
+            StreamSourceConfig("ticks", "prod", streams, StreamOffset("offset", 678), lease_uri=prod),
             StreamSourceConfig(
                 "trades",
                 "markets",
                 "rabbitmq-stream://warren:s3cret@rabbit.example:5552/markets",
                 StreamOffset("timestamp", MAY_1_10H_MS),
+                lease_uri="amqp://warren:s3cret@rabbit.example:5672/markets",  # in the stream's vhost
             ),
         ),
     )
@@ -181,7 +184,9 @@ def test_defaults_follow_the_shovel_plugin_and_derive_the_management_uri(tmp_pat
     )
     assert queue.vhost == "/"
     # No stream URI yet: it is discovered from the management API when the archiver starts.
-    assert stream == StreamSourceConfig("events", "/", None, StreamOffset("first"), 5.0)
+    # Its lease is held over AMQP, in its vhost (bridge/archiver/lease.py).
+    lease = "amqps://ops:p%40ss@Rabbit.Example:5671/%2F"
+    assert stream == StreamSourceConfig("events", "/", None, StreamOffset("first"), 5.0, lease_uri=lease)
 
 
 def test_a_broker_uri_without_credentials_or_port_derives_a_plain_management_uri():
@@ -339,13 +344,13 @@ MISTAKES = [
         "queue-and-stream",
         BROKER + TWO_QUEUES + 'src-stream = "s"\n',
         "source[1]: ",
-        "exactly one of src-queue or src-stream",
+        "exactly one of src-queue, src-stream or src-queue-pattern",
     ),
     (
         "neither-queue-nor-stream",
         BROKER + TWO_QUEUES.replace('src-queue = "b"', "prefetch-count = 5"),
         "source[1]: ",
-        "exactly one of src-queue or src-stream",
+        "exactly one of src-queue, src-stream or src-queue-pattern",
     ),
     (
         "bad-mode",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.channel import ConfirmTracker
+from protocol.core.channel import ConfirmTracker
 
 
 class Model:

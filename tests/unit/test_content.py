@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from pamqp import body, commands
 from pamqp import frame as pframe
 
+from protocol.core.events import Confirm, GetEmpty, GetOk, MethodReceived, Returned
+from protocol.core.message import Message, encode_properties
 from protocol.errors import FrameError
-from protocol.events import Confirm, GetEmpty, GetOk, MethodReceived, Returned
-from protocol.message import Message, encode_properties
 from tests.unit.peer import content_header, opened
 
 

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from bridge.archive import record as record_module
 from bridge.archive.record import (
+    CopyMark,
     Record,
     Source,
     SourceKind,
@@ -41,7 +42,7 @@ from bridge.archive.segment import (
     read_index,
     segment_name,
 )
-from protocol.message import Message
+from protocol.core.message import Message
 
 READER = Path(__file__).resolve().parents[2] / "docs" / "read_segment.py"
 T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z, in ns
@@ -117,7 +118,11 @@ def amqp_messages() -> list[tuple[Message, bool, bytes | None]]:
 def queue_segment(block_bytes: int = 1024) -> bytes:
     builder = SegmentBuilder(QUEUE, created_ns=T0, block_bytes=block_bytes)
     for seq, (message, _, fingerprint) in enumerate(amqp_messages(), start=1):
-        builder.add(amqp_record_map(seq, T0 + seq * 1_000, message, fingerprint=fingerprint))
+        mark = CopyMark(seq - 1, proven=seq % 3 == 0) if fingerprint is not None and seq > 1 else None
+        snapshot = T0 if seq % 11 == 0 else None
+        builder.add(
+            amqp_record_map(seq, T0 + seq * 1_000, message, fingerprint=fingerprint, mark=mark, snapshot=snapshot)
+        )
     return builder.finish()
 
 
@@ -151,6 +156,8 @@ def assert_same_record(line: dict[str, Any], record: Record) -> None:
     assert line.get("chunk_ts_ms") == record.chunk_ts_ms
     fingerprint = line.get("fingerprint")
     assert (None if fingerprint is None else base64.b64decode(fingerprint)) == record.fingerprint
+    assert (line.get("copy_of"), line.get("possible_copy_of")) == (record.copy_of, record.possible_copy_of)
+    assert line.get("snapshot") == record.snapshot
 
 
 def test_reader_prints_every_queue_record_as_warren_reads_it(tmp_path):
@@ -333,13 +340,43 @@ def test_crc32c_is_castagnoli():
     assert reader.crc32c(data) == google_crc32c.value(data)
 
 
+def described_digest(message: Message) -> bytes:
+    """docs/FORMAT.md's fingerprint, for a message whose headers (if any) are in name order and hold no
+    x-delivery-count."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (message.exchange.encode(), message.routing_key.encode(), message.raw_properties):
+        h.update(len(part).to_bytes(4, "big") + part)
+    h.update(message.body)
+    return h.digest()
+
+
 def test_fingerprint_is_the_blake2b_digest_format_md_describes():
     for message, _, _ in amqp_messages():
-        h = hashlib.blake2b(digest_size=16)
-        for part in (message.exchange.encode(), message.routing_key.encode(), message.raw_properties):
-            h.update(len(part).to_bytes(4, "big") + part)
-        h.update(message.body)
-        assert record_module.fingerprint(message) == h.digest()
+        assert record_module.message_fingerprint(message) == described_digest(message)
+
+
+def test_fingerprint_takes_headers_in_name_order_as_some_brokers_redeliver_them():
+    sent = Message.build(b"body", {"headers": {"kind": "tick", "every": 1}}, exchange="x", routing_key="k")
+    again = Message.build(b"body", {"headers": {"every": 1, "kind": "tick", "x-delivery-count": 1}}, exchange="x")
+    again.routing_key = "k"
+    assert record_module.message_fingerprint(again) == record_module.message_fingerprint(sent)
+
+
+def test_fingerprint_leaves_out_the_brokers_delivery_count():
+    first = Message.build(b"body", {"headers": {"a": 1, "b": "two"}}, exchange="x", routing_key="k")
+    again = Message.build(
+        b"body", {"headers": {"a": 1, "x-delivery-count": 3, "b": "two"}}, exchange="x", routing_key="k"
+    )
+    other = Message.build(
+        b"body", {"headers": {"a": 2, "x-delivery-count": 3, "b": "two"}}, exchange="x", routing_key="k"
+    )
+    assert record_module.message_fingerprint(again) == record_module.message_fingerprint(first)
+    assert record_module.message_fingerprint(other) != record_module.message_fingerprint(first)
+
+
+def test_fingerprint_of_a_property_section_that_cannot_be_walked_is_taken_over_its_bytes():
+    broken = Message(b"body", b"\x20\x00\x00\x00\x00\xff", exchange="x", routing_key="k")  # table runs past the end
+    assert record_module.message_fingerprint(broken) == described_digest(broken)
 
 
 stream_records = st.lists(
@@ -360,3 +397,15 @@ def test_reader_agrees_with_warren_on_any_stream_segment(records, first_seq, blo
     lines = [json.loads(json.dumps(reader.record_json(m))) for m in segment.records]
     for line, record in zip(lines, iter_records(data, "x"), strict=True):
         assert_same_record(line, record)
+
+
+def test_fingerprint_of_a_headerless_message_matches_its_redelivery_with_only_a_delivery_count():
+    """A quorum queue redelivers a message published without headers with `x-delivery-count` alone."""
+    first = Message.build(b"body", {"message_id": "m1"}, exchange="x", routing_key="k")
+    again = Message.build(
+        b"body", {"message_id": "m1", "headers": {"x-delivery-count": 1}}, exchange="x", routing_key="k"
+    )
+    other = Message.build(b"body", {"message_id": "m1", "headers": {"k": "v"}}, exchange="x", routing_key="k")
+    assert again.raw_properties != first.raw_properties
+    assert record_module.message_fingerprint(again) == record_module.message_fingerprint(first)
+    assert record_module.message_fingerprint(other) != record_module.message_fingerprint(first)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pamqp import commands
 
-from protocol import frames
-from protocol.connection import CLIENT_CAPABILITIES, ConnectionState, State, negotiate
+from protocol.core import frames
+from protocol.core.connection import CLIENT_CAPABILITIES, ConnectionState, State, negotiate
+from protocol.core.events import ConnectionOpened
 from protocol.errors import AuthenticationError, ConnectionLost, FrameError, ProtocolError
-from protocol.events import ConnectionOpened
 from tests.unit.peer import Broker, as_bytes, decode_amqplain, opened, parse
 
 

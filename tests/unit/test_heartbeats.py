@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pamqp import commands
 
-from protocol import frames
-from protocol.connection import HEARTBEAT_SILENCE_FACTOR, State
+from protocol.core import frames
+from protocol.core.connection import HEARTBEAT_SILENCE_FACTOR, State
 from protocol.errors import ConnectionLost, HeartbeatTimeout
 from tests.unit.peer import Broker, FakeClock, opened
 

@@ -12,8 +12,7 @@ import asyncio
 import datetime as dt
 import random
 import shutil
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,10 @@ from bridge.archive import layout
 from bridge.archive.checkpoint import read_checkpoint
 from bridge.archive.reader import list_segments
 from bridge.archive.record import Source, SourceKind
-from bridge.archive.writer import Durable, RollPolicy, SegmentWriter
-from bridge.archive_verify import verify_archive
+from bridge.archiver.writer import Durable, RollPolicy, SegmentWriter
+from bridge.commands.verify import verify_archive
+from protocol.core.message import Message
 from protocol.loop import run
-from protocol.message import Message
 from sinks import (
     LocalSink,
     ObjectExists,
@@ -36,6 +35,7 @@ from sinks import (
     SinkUnavailable,
 )
 from sinks.mirror import MirroredSink
+from tests.polling import eventually, stays
 
 S = 1_000_000_000
 T0 = int(dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.UTC).timestamp()) * S
@@ -116,18 +116,7 @@ async def open_members(tmp_path: Path, count: int = 3) -> list[FaultySink]:
     return members
 
 
-async def poll(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Whether `condition` came true before the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    assert await poll(condition, timeout), f"not within {timeout} s: {what}"
+FAST = {"retry_base": 0.01, "retry_max": 0.01}
 
 
 def msg(n: int) -> Message:
@@ -218,7 +207,7 @@ def test_a_member_whose_put_fails_fast_still_gets_the_object_once_it_is_back(tmp
             member.put_gate = gate  # the healthy members' uploads take a moment
         put = asyncio.create_task(mirror.put("k", b"payload"))
         # Let catch-up make its first try while the healthy uploads are still in flight.
-        await poll(lambda: all("k" in m.gets for m in healthy), timeout=2)
+        await eventually(lambda: all("k" in m.gets for m in healthy), "catch-up tried the healthy members", timeout=2)
         gate.set()
         await asyncio.wait_for(put, 5)
         down.down = False
@@ -242,7 +231,8 @@ def test_an_overwrite_that_failed_on_a_member_is_not_forgotten_when_an_older_put
         assert mirror.lag[slow.url] == 1
         slow.upload_gate.set()  # the first version's upload completes after all
         await eventually(lambda: slow.holds("checkpoint") is not None, "the in-flight upload landed")
-        await poll(lambda: mirror.lag[slow.url] == 0, timeout=1)  # ... and its put returned
+        # The put that landed late must not clear what the member still lacks (version 2).
+        await stays(lambda: mirror.lag[slow.url] == 1, "the member still lacks version 2", duration=0.5)
         slow.writes_down = False
         await eventually(
             lambda: slow.holds("checkpoint") == b"version 2" or mirror.lag[slow.url] == 0, "catch-up settles"
@@ -497,7 +487,13 @@ def test_segment_writer_over_a_mirror_rides_out_members_going_down_and_coming_ba
         members = await open_members(tmp_path)
         mirror = MirroredSink(members, 2)
         writer = SegmentWriter(
-            mirror, QUEUE, policy=BIG, clock=lambda: next(clock), retry_delays=(0.01,), on_durable=durable.append
+            mirror,
+            QUEUE,
+            policy=BIG,
+            clock=lambda: next(clock),
+            retry_base=0.01,
+            retry_max=0.01,
+            on_durable=durable.append,
         )
         await writer.start()
         n = 0

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.core.message import PROPERTY_NAMES, Message, Properties, decode_properties, encode_properties
 from protocol.errors import FrameError
-from protocol.message import PROPERTY_NAMES, Message, Properties, decode_properties, encode_properties
 
 UTC = datetime.UTC
 

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import body, commands, header
 
-from protocol import frames
+from protocol.core import frames
+from protocol.core.message import encode_properties
 from protocol.errors import ChannelClosed
-from protocol.message import encode_properties
 from tests.unit.peer import Broker, opened, parse, split_raw
 
 FRAME_MAX = 4096

@@ -1,0 +1,300 @@
+"""The zero-loss checker, and the fault scenarios it judges (issue 14): a producer publishes with
+confirms while a fault is injected again and again (the archiver killed -9, the broker killed, the
+network between warren and the broker cut or stalled); afterwards the archive is replayed into a fresh
+broker, and what came back is compared with what the broker confirmed to the producer, message by
+message: lost, duplicated, reordered. `make test` runs each scenario with a few injections
+(test_zero_loss.py); `make soak` (tests/soak.py) runs them long, on both RabbitMQ versions, and prints
+the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pika
+import pika.exceptions
+
+from bridge.archive.reader import list_segments, read_index
+from bridge.harness.nodes import LocalNode, RabbitMQInstall
+from bridge.harness.proxy import FaultProxy
+from protocol.loop import run
+from sinks import open_sink
+from tests.integration.archiving import (
+    ArchiverProcess,
+    Archivers,
+    Witness,
+    assert_verifies,
+    queue_source,
+    read_archive,
+)
+from tests.integration.replaying import replay
+from tests.polling import wait_until
+
+QUEUE = "zero-loss.orders"
+HEARTBEAT = 2  # seconds, for the archiver's broker connection where the network stalls
+
+
+@dataclass
+class Tally:
+    """One row of the table."""
+
+    fault: str
+    injections: int = 0
+    published: int = 0
+    confirmed: int = 0
+    archived: int = 0  # confirmed messages the archive holds (copies marked as such not counted twice)
+    replayed: int = 0  # messages the fresh broker received from the replay
+    lost: int = 0  # confirmed, and not replayed
+    duplicated: int = 0  # replayed more than once
+    flagged: int = 0  # archived records marked possible copies: kept, and counted by replay as such
+    reordered: int = 0  # replayed before a message confirmed earlier in the same batch, once each
+
+    HEADER = ("fault", "injections", "published", "confirmed", "archived", "replayed", "lost", "duplicated", "flagged")
+
+    def row(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.HEADER)
+
+
+def tally(
+    fault: str, injections: int, producer: Producer, archived_ids: list[str], flagged: int, replayed_ids: list[str]
+) -> Tally:
+    confirmed = set(producer.confirmed)
+    seen: dict[str, int] = {}
+    for message_id in replayed_ids:
+        seen[message_id] = seen.get(message_id, 0) + 1
+    order = {m: i for i, m in enumerate(producer.confirmed)}
+    positions = [order[m] for m in replayed_ids if m in order]
+    return Tally(
+        fault,
+        injections,
+        published=producer.published,
+        confirmed=len(confirmed),
+        archived=len(confirmed & set(archived_ids)),
+        replayed=len(replayed_ids),
+        lost=len(confirmed - set(seen)),
+        duplicated=sum(n - 1 for n in seen.values()),
+        flagged=flagged,
+        reordered=sum(1 for a, b in itertools.pairwise(positions) if b < a),
+    )
+
+
+class Producer(threading.Thread):
+    """Publishes uniquely identified persistent messages with confirms, in small batches, until told
+    to stop; records which the broker confirmed. A batch the broker never confirmed (it died, the
+    connection dropped) is not counted: the producer would retry it, and a retry is not warren's doing."""
+
+    def __init__(self, uri: str, *, batch: int = 50, pause: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.uri, self.batch, self.pause = uri, batch, pause
+        self.published = 0
+        self.confirmed: list[str] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            try:
+                connection = pika.BlockingConnection(pika.URLParameters(self.uri))
+            except pika.exceptions.AMQPError:
+                time.sleep(0.2)
+                continue
+            try:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                while not self.stopping.is_set():
+                    ids = [f"zl-{n + i:08d}" for i in range(self.batch)]
+                    n += self.batch
+                    for message_id in ids:
+                        properties = pika.BasicProperties(message_id=message_id, delivery_mode=2)
+                        channel.basic_publish("", QUEUE, message_id.encode(), properties, mandatory=True)
+                        self.published += 1
+                    self.confirmed += ids  # BlockingChannel publishes wait for each confirm: all of them are
+                    time.sleep(self.pause)
+            except (pika.exceptions.AMQPError, OSError):
+                time.sleep(0.2)
+            finally:
+                if connection.is_open:
+                    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                        connection.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.ident is not None:  # started
+            self.join(60)
+
+
+@dataclass
+class Scenario:
+    """A fault and how to inject it once; `via_proxy` puts a FaultProxy between the archiver and the broker."""
+
+    name: str
+    inject: Callable[[Run], None]
+    via_proxy: bool = False
+    cluster: bool = False  # the source is a quorum queue on a cluster of three nodes (run.cluster)
+
+
+@dataclass
+class Run:
+    node: LocalNode
+    archivers: Archivers
+    sink: str
+    rng: random.Random
+    args: list[str]
+    proxy: FaultProxy | None = None
+    cluster: list[LocalNode] = field(default_factory=list)
+    archiver: ArchiverProcess | None = None
+
+    def start_archiver(self) -> None:
+        self.archiver = self.archivers.start(*self.args)
+        self.archiver.wait_for_log("msg=archiving", timeout=60)
+
+
+def kill_archiver(run: Run) -> None:
+    time.sleep(run.rng.uniform(0.2, 1.5))
+    assert run.archiver is not None and run.archiver.running(), "the archiver exited by itself"
+    run.archiver.kill()
+    run.start_archiver()
+
+
+def kill_broker(run: Run) -> None:
+    time.sleep(run.rng.uniform(0.5, 2.0))
+    run.node.kill()
+    time.sleep(run.rng.uniform(0, 1))
+    run.node.start()
+
+
+def cut_network(run: Run) -> None:
+    time.sleep(run.rng.uniform(0.2, 1.5))
+    assert run.proxy is not None
+    run.proxy.cut(reset=run.rng.random() < 0.5)
+
+
+def stall_network(run: Run) -> None:
+    """Longer than two heartbeats: the archiver must notice, drop the connection and come back."""
+    time.sleep(run.rng.uniform(0.2, 1.0))
+    assert run.proxy is not None
+    run.proxy.pause()
+    time.sleep(HEARTBEAT * 3)
+    run.proxy.resume()
+
+
+def kill_quorum_leader(run: Run) -> None:
+    """kill -9 the node that leads the quorum queue (the archiver's own node, or another), then restart it."""
+    time.sleep(run.rng.uniform(0.5, 2.0))
+    live = next(n for n in run.cluster if n.is_running())
+    out = live.ctl("list_queues", "-q", "--no-table-headers", "name", "leader")
+    leader = next(line.rsplit("\t", 1)[1] for line in out.splitlines() if line.startswith(QUEUE + "\t"))
+    node = next(n for n in run.cluster if n.name == leader)
+    node.kill()
+    time.sleep(run.rng.uniform(0.5, 2.0))
+    node.start()
+
+
+SCENARIOS = {
+    "archiver kill -9": Scenario("archiver kill -9", kill_archiver),
+    "broker kill -9 and restart": Scenario("broker kill -9 and restart", kill_broker),
+    "network cut (FIN or RST)": Scenario("network cut (FIN or RST)", cut_network, via_proxy=True),
+    "network stall past heartbeats": Scenario("network stall past heartbeats", stall_network, via_proxy=True),
+    "quorum queue leader kill -9": Scenario("quorum queue leader kill -9", kill_quorum_leader, cluster=True),
+}
+
+
+def start_cluster(root: Path, install: RabbitMQInstall) -> list[LocalNode]:
+    """Three nodes clustered, for a quorum queue with a leader and two followers."""
+    cookie = secrets.token_hex(16)
+    nodes = [LocalNode(root / f"cluster{i}", install=install, cookie=cookie) for i in range(3)]
+    for node in nodes:
+        node.start()
+    for node in nodes[1:]:
+        node.join(nodes[0])
+    return nodes
+
+
+def run_scenario(
+    scenario: Scenario,
+    node: LocalNode,
+    target: LocalNode,
+    workdir: Path,
+    *,
+    injections: int,
+    seed: int,
+    sink: str | None = None,
+    cluster: list[LocalNode] | None = None,
+) -> Tally:
+    """Archive through `injections` faults while producing, replay into `target`, and count. The
+    archive goes to `sink` (any sink URI; a local directory in `workdir` by default). With `cluster`,
+    `node` is one of its nodes and the source a quorum queue."""
+    rng = random.Random(seed)
+    sink = sink or str(workdir / "archive")
+    with Witness(node.amqp_uri) as witness:
+        witness.declare_queue(QUEUE, arguments={"x-queue-type": "quorum"} if cluster else None)
+    with Witness(target.amqp_uri) as witness:
+        witness.declare_queue(QUEUE)
+    proxy = FaultProxy(("127.0.0.1", node.ports.amqp)) if scenario.via_proxy else None
+    broker = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F?heartbeat={HEARTBEAT}" if proxy else node.amqp_uri
+    args = ["--broker", broker, "--management-uri", node.management_uri, "--stream-uri", node.stream_uri]
+    args += ["--queue", QUEUE, "--sink", sink, "--prefetch-count", "500"]
+    producer = Producer(node.amqp_uri)
+    try:
+        with Archivers(workdir) as archivers:
+            run = Run(node, archivers, sink, rng, args, proxy, cluster or [])
+            run.start_archiver()
+            producer.start()
+            for _ in range(injections):
+                scenario.inject(run)
+            producer.stop()
+            # Drained, and the archive holds at least as many records as were confirmed: a queue's depth
+            # alone can read 0 while a restarted cluster member catches up. What never comes is counted
+            # below, as lost.
+            with Witness(node.amqp_uri) as witness, contextlib.suppress(AssertionError):
+                wait_until(
+                    lambda: witness.depth(QUEUE) == 0 and records_in(sink) >= len(producer.confirmed),
+                    timeout=180,
+                    what=f"{QUEUE} drained into the archive (seed {seed})",
+                    every=0.5,
+                )
+            assert run.archiver is not None
+            log = run.archiver.terminate()
+            assert "Traceback" not in log
+    finally:
+        producer.stop()
+        if proxy is not None:
+            proxy.close()
+    assert_verifies(sink)  # type: ignore[arg-type]  # any sink URI
+    records = read_archive(sink, queue_source(QUEUE))  # type: ignore[arg-type]
+    archived = [r.properties.message_id or "" for r in records if r.copy_of is None]
+    flagged = sum(r.possible_copy_of is not None for r in records)
+    result = replay("--archive", sink, "--target", target.amqp_uri, "--source", QUEUE, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with Witness(target.amqp_uri) as witness:
+        replayed = [p.message_id or "" for p, _ in witness.fetch_all(QUEUE)]
+    return tally(scenario.name, injections, producer, archived, flagged, replayed)
+
+
+def records_in(sink: str) -> int:
+    """Records the archive holds of the queue, from the segments' footers (any sink URI)."""
+
+    async def count() -> int:
+        async with open_sink(sink) as opened:
+            segments = await list_segments(opened, source=queue_source(QUEUE))
+            return sum([(await read_index(opened, seg)).records for seg in segments])
+
+    return run(count())
+
+
+def table(rows: list[Tally], *, title: str = "") -> str:
+    header = Tally.HEADER
+    cells = [tuple(str(c) for c in row.row()) for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    lines = [title] if title else []
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
+    return "\n".join(lines)
