@@ -10,11 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,26 +29,15 @@ import pika.spec
 from bridge.archive.checkpoint import read_checkpoint
 from bridge.archive.reader import list_segments, read_index, read_records
 from bridge.archive.record import Record, Source, SourceKind
-from bridge.localnode import LocalNode
+from bridge.harness.nodes import LocalNode
 from protocol.loop import run
 from sinks import open_sink
+from tests.polling import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 # ---- waiting -----------------------------------------------------------------------------------
-
-
-def wait_until(check: Callable[[], T], *, timeout: float, what: str, every: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` (and the last value) if it never does."""
-    deadline = time.monotonic() + timeout
-    value = check()
-    while not value:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(every)
-        value = check()
-    return value
 
 
 # ---- the witness: pika, with publisher confirms -----------------------------------------------
@@ -68,6 +60,52 @@ class Outgoing:
     @property
     def message_id(self) -> str:
         return self.properties.message_id
+
+    def raw_as_delivered_by(self, version: str) -> bytes:
+        """The property section a broker of `version` delivers for this message (see `as_delivered`)."""
+        return as_delivered(self.raw_properties, version)
+
+
+# Bytes after the type tag of each fixed-size field value in a RabbitMQ header table.
+# Any other type (S, A, F, x) is a u32 length and that many bytes.
+_FIXED = {
+    b"t": 1,
+    b"b": 1,
+    b"B": 1,
+    b"s": 2,
+    b"u": 2,
+    b"I": 4,
+    b"i": 4,
+    b"l": 8,
+    b"f": 4,
+    b"d": 8,
+    b"D": 5,
+    b"T": 8,
+    b"V": 0,
+}
+
+
+def as_delivered(raw: bytes, version: str) -> bytes:
+    """What a consumer receives for a property section published as `raw`. RabbitMQ 3.10 passes the
+    bytes through; RabbitMQ 4 delivers the header table's entries sorted by name (each entry's bytes,
+    its type included, unchanged), so that is what an archive of a 4.0 broker holds."""
+    flags = int.from_bytes(raw[:2], "big")
+    if int(version.split(".")[0]) < 4 or not flags & (1 << 13):
+        return raw
+    pos = 2
+    for bit in (15, 14):  # content-type, content-encoding come before the table
+        if flags & (1 << bit):
+            pos += 1 + raw[pos]
+    end = pos + 4 + int.from_bytes(raw[pos : pos + 4], "big")
+    entries, at = [], pos + 4
+    while at < end:
+        name_end = at + 1 + raw[at]
+        kind = raw[name_end : name_end + 1]
+        size = _FIXED[kind] if kind in _FIXED else 4 + int.from_bytes(raw[name_end + 1 : name_end + 5], "big")
+        value_end = name_end + 1 + size
+        entries.append((raw[at + 1 : name_end], raw[at:value_end]))
+        at = value_end
+    return raw[: pos + 4] + b"".join(entry for _, entry in sorted(entries)) + raw[end:]
 
 
 def rich_properties(i: int, *, persistent: bool = True) -> pika.spec.BasicProperties:
@@ -327,6 +365,8 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -358,14 +398,15 @@ class ArchiverProcess:
 
     def kill(self) -> None:
         """kill -9, as a crash would."""
-        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.kill()  # Popen's own: never signals a reaped, possibly reused pid
         self.proc.wait(30)
 
-    def wait_for_log(self, text: str, *, timeout: float = 30, count: int = 1) -> None:
+    def wait_for_log(self, text: str, *, timeout: float = 30, count: int = 1, every: float = 0.05) -> None:
         wait_until(
             lambda: self.stderr().count(text) >= count or not self.running(),
             timeout=timeout,
             what=f"{text!r} in the archiver's log",
+            every=every,
         )
         assert self.stderr().count(text) >= count, f"the archiver exited early; its log:\n{self.stderr()}"
 
@@ -473,12 +514,21 @@ def segment_sizes(sink: Path, source: Source) -> list[int]:
 
 
 def committed_seq(sink: Path, source: Source) -> int:
-    """The last sequence the source's checkpoint says is durable (0 before the first commit); one small read."""
+    """The last sequence durable in the archive (0 before the first commit), as recovery finds it: the
+    checkpoint, then the segments after it up to the first gap. The checkpoint alone lags the segments
+    by up to a second, and a fast archiver commits thousands of records in that time."""
 
     async def main() -> int:
         async with open_sink(str(sink)) as s:
             checkpoint = await read_checkpoint(s, "", source)
-        return checkpoint.last_seq if checkpoint else 0
+            last = checkpoint.last_seq if checkpoint else 0
+            for seg in await list_segments(s, source=source):
+                if seg.first_seq <= last:
+                    continue
+                if seg.first_seq > last + 1:
+                    break
+                last = (await read_index(s, seg)).last_seq
+        return last
 
     return run(main()) if sink.exists() else 0
 
@@ -496,3 +546,31 @@ def pika_properties(raw: bytes) -> pika.spec.BasicProperties:
     properties = pika.spec.BasicProperties()
     properties.decode(raw)
     return properties
+
+
+def health(port: int, path: str) -> tuple[int, str]:
+    """An HTTP GET of the archiver's health endpoint: status and body."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError as err:  # not listening yet
+        return 0, str(err)
+
+
+def kill_after(
+    archiver: ArchiverProcess, sink: Path, source: Source, rng: random.Random, most: int, note: str, total: int
+) -> int:
+    """kill -9 once between 1000 and `most` more records are committed (never past `total`, all there
+    is), at a random instant; the sequence then."""
+    kill_at = min(committed_seq(sink, source) + rng.randrange(1000, most), total)
+    wait_until(
+        lambda: committed_seq(sink, source) >= kill_at or not archiver.running(),
+        timeout=60,
+        what=f"sequence {kill_at} committed ({note})",
+    )
+    time.sleep(rng.uniform(0, 0.03))  # not a wait: lands the kill anywhere in a segment's life
+    assert archiver.running(), f"the archiver exited by itself ({note}); its log:\n{archiver.stderr()}"
+    archiver.kill()
+    return committed_seq(sink, source)

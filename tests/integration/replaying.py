@@ -11,7 +11,6 @@ import base64
 import contextlib
 import datetime as dt
 import json
-import os
 import re
 import signal
 import subprocess
@@ -28,16 +27,17 @@ from urllib.parse import quote
 import pika
 import pika.spec
 
-from bridge.localnode import LocalNode
-from tests.integration.archiving import REPO, wait_until, warren
+from bridge.harness.nodes import LocalNode, RabbitMQInstall
+from tests.integration.archiving import REPO, warren
+from tests.polling import wait_until
 
 # ---- private target nodes ----------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def private_node(root: Path) -> Iterator[LocalNode]:
+def private_node(root: Path, install: RabbitMQInstall) -> Iterator[LocalNode]:
     """A node of the module's own (the replay target), removed afterwards."""
-    node = LocalNode(root)
+    node = LocalNode(root, install=install)
     node.start()
     try:
         yield node
@@ -180,8 +180,7 @@ class ReplayProcess:
 
     def kill(self) -> None:
         """kill -9, as a crash would."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.kill()  # Popen's own: never signals a reaped, possibly reused pid
         self.proc.wait(30)
 
     def describe(self) -> str:
@@ -224,7 +223,7 @@ class Replayers:
 _SUMMARY = re.compile(r"^(done  |FAILED) (queue|stream) '(?P<name>[^']*)' in vhost '[^']*' -> .*$", re.M)
 _DRY = re.compile(
     r"^would replay (?P<kind>queue|stream) '(?P<name>[^']*)' in vhost '[^']*': (?P<records>\d+) messages, "
-    r"(?P<bytes>\d+) bytes, captured (?P<span>.*)$",
+    r"(?P<bytes>\d+) bytes, captured (?P<span>[^;\n]*)(?P<extra>.*)$",
     re.M,
 )
 
@@ -243,6 +242,15 @@ class SummaryLine:
     @property
     def in_doubt(self) -> int:
         m = re.search(r"; (\d+) were in doubt", self.text)
+        return int(m[1]) if m else 0
+
+    @property
+    def duplicates_skipped(self) -> int:
+        return int(_field(self.text, r", (\d+) duplicates skipped"))
+
+    @property
+    def possible_duplicates(self) -> int:
+        m = re.search(r"; (\d+) possible duplicates kept", self.text)
         return int(m[1]) if m else 0
 
 

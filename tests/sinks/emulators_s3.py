@@ -8,10 +8,7 @@ everything in memory: a restarted server comes back empty.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -117,8 +114,7 @@ class MotoServer:
         process, self._process = self._process, None
         if process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
+        process.kill()  # Popen's own: never signals a reaped, possibly reused pid
         process.wait(timeout=10)
 
     # -- buckets, through a plain botocore client
