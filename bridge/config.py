@@ -161,6 +161,16 @@ def derived_uri(amqp_uri: str, scheme: str, port: int, *, keep_vhost: bool) -> s
     return urlunsplit((scheme, f"{userinfo}{host}:{port}", path, "", ""))
 
 
+def with_credentials_of(uri: str, amqp_uri: str) -> str:
+    """`uri` as given; without a user of its own, with the broker URI's credentials (so a management or
+    stream URI names only where, and the password is given once)."""
+    parts = urlsplit(uri)
+    if "@" in parts.netloc or "@" not in urlsplit(amqp_uri).netloc:
+        return uri
+    userinfo = urlsplit(amqp_uri).netloc.rsplit("@", 1)[0]
+    return urlunsplit((parts.scheme, f"{userinfo}@{parts.netloc}", parts.path, parts.query, parts.fragment))
+
+
 class _Table:
     """One TOML table being read: every access names the file and key on failure, and leftovers are refused."""
 
@@ -308,8 +318,12 @@ def _broker(t: _Table) -> BrokerConfig:
     uri = t.uri("uri")
     if not uri.startswith(("amqp://", "amqps://")):
         raise t.fail("uri", "expected an amqp:// or amqps:// URI")
-    management = t.uri("management-uri", None) or derived_uri(uri, "http", 15672, keep_vhost=False)
+    management = t.uri("management-uri", None)
+    management = (
+        with_credentials_of(management, uri) if management else derived_uri(uri, "http", 15672, keep_vhost=False)
+    )
     stream = t.uri("stream-uri", None)
+    stream = with_credentials_of(stream, uri) if stream else None
     t.done()
     return BrokerConfig(uri, management, stream)
 

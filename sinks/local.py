@@ -48,6 +48,10 @@ STALE_TEMP_AGE = 60.0  # seconds; a live put touches its temporary file far more
 _STAT_BATCH = 256  # files stat'ed per worker-thread call while listing
 WRITE_STEP = 1024 * 1024  # bytes written per step of a put, each step watched
 WORKERS = 16  # threads for the file I/O of every local sink in the process
+# Archived messages are the broker's data: the owner and its group (an operators' group reading the
+# archive) only, never the world. The process's umask narrows these further, never widens them.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
 
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 _NOT_AN_OBJECT = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
@@ -123,7 +127,7 @@ def _make_dirs(missing: list[Path]) -> None:
     for made in reversed(missing):
         # Made concurrently: the caller still fsyncs its entry. A file in the way fails the next step.
         with contextlib.suppress(FileExistsError):
-            os.mkdir(made)
+            os.mkdir(made, DIR_MODE)
 
 
 def _scan_dir(path: Path, name_prefix: str) -> list[Entry]:
@@ -293,9 +297,9 @@ class LocalSink(Sink):
             _make_dirs(created)
         temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         steps.next()
-        # os.open rather than mkstemp, whose mode 0600 would ignore the operator's umask.
+        # os.open rather than mkstemp, whose mode 0600 would ignore a group the operator's umask allows.
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         except FileNotFoundError:
             if gone := self._root_gone():
                 raise gone from None

@@ -4,10 +4,13 @@ from a TOML configuration or, for the simple case, from the command line."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 
 from bridge.errors import EXIT_OK, ConfigError
 from protocol.loop import run
+
+BROKER_VARIABLE = "WARREN_BROKER"
 
 EXAMPLES = (
     "examples:\n"
@@ -21,7 +24,12 @@ EXAMPLES = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     parser.add_argument("--config", metavar="FILE", help="TOML configuration (see docs/CONFIG.md)")
-    parser.add_argument("--broker", metavar="URI", help="amqp://user:pass@host:5672/vhost, without --config")
+    # Also from the environment: a password on the command line is visible in ps.
+    parser.add_argument(
+        "--broker",
+        metavar="URI",
+        help=f"amqp://user:pass@host:5672/vhost, without --config; default: ${BROKER_VARIABLE}",
+    )
     parser.add_argument("--management-uri", metavar="URI", help="default: http://host:15672, same credentials")
     parser.add_argument("--stream-uri", metavar="URI", help="default: rabbitmq-stream://host:5552/vhost")
     parser.add_argument("--queue", metavar="NAME", action="append", default=[], help="a queue to archive")
@@ -51,9 +59,9 @@ def from_args(args: argparse.Namespace) -> int:
         if args.broker or args.queue or args.stream or args.sink:
             raise ConfigError("give either --config FILE or --broker/--queue/--stream/--sink, not both")
         config = load_config(args.config)
-    elif args.broker and (args.queue or args.stream):
+    elif (broker := args.broker or os.environ.get(BROKER_VARIABLE)) and (args.queue or args.stream):
         config = config_from_args(
-            args.broker,
+            broker,
             args.queue,
             args.stream,
             args.sink,

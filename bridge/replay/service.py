@@ -18,7 +18,7 @@ from bridge.archive import layout
 from bridge.archive.layout import SegmentKey
 from bridge.archive.reader import TimeRange
 from bridge.archive.record import Record, Source, SourceKind
-from bridge.config import derived_uri, resolve_stream_uri, with_vhost
+from bridge.config import derived_uri, resolve_stream_uri, with_credentials_of, with_vhost
 from bridge.errors import ArchiveCorrupt, WarrenError
 from bridge.metrics.endpoint import MetricsEndpoint
 from bridge.metrics.listen import parse_listen
@@ -80,7 +80,9 @@ class ReplayOptions:
 
     @property
     def management_uri(self) -> str:
-        return self.target_management_uri or derived_uri(self.target, "http", 15672, keep_vhost=False)
+        if self.target_management_uri:
+            return with_credentials_of(self.target_management_uri, self.target)
+        return derived_uri(self.target, "http", 15672, keep_vhost=False)
 
 
 class ReplayFailed(WarrenError):
@@ -263,7 +265,11 @@ async def _replay_source(
                 keep_delivery_count=options.keep_delivery_count,
             )
         else:
-            stream_uri = options.target_stream_uri or await resolve_stream_uri(options.target, options.management_uri)
+            stream_uri = (
+                with_credentials_of(options.target_stream_uri, options.target)
+                if options.target_stream_uri
+                else await resolve_stream_uri(options.target, options.management_uri)
+            )
             endpoint = StreamEndpoint.parse(stream_uri).with_vhost(vhost)
             outcome.target += f" at {endpoint.redacted()}"
             await replay_stream(

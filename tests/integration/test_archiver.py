@@ -456,6 +456,28 @@ def test_broker_password_comes_from_the_environment_and_an_unset_variable_exits_
     witness.delete(queue)
 
 
+def test_a_password_on_the_command_line_is_warned_of_and_the_environment_keeps_it_out_of_ps(
+    broker, witness, archivers, tmp_path
+):
+    queue = "archiver.ps-password"
+    sink = tmp_path / "archive"
+    witness.declare_queue(queue)
+    publish(broker.amqp_uri, simple_messages(5, queue))
+
+    # The management API's URI without a user takes the broker URI's credentials.
+    where = ["--management-uri", f"http://127.0.0.1:{broker.ports.management}", "--queue", queue]
+    shown = archivers.run("--broker", broker.amqp_uri, *where, "--sink", str(sink), "--snapshot")
+    assert shown.returncode == 0, shown.stderr
+    [warning] = [line for line in shown.stderr.splitlines() if "password on the command line" in line]
+    assert "options=--broker" in warning and "guest:guest" not in shown.stderr
+
+    hidden = archivers.run(*where, "--sink", str(sink), "--snapshot", env={"WARREN_BROKER": broker.amqp_uri})
+    assert hidden.returncode == 0, hidden.stderr
+    assert "password on the command line" not in hidden.stderr
+    assert len(read_archive(sink, queue_source(queue))) == 10  # two snapshots of the five
+    witness.delete(queue)
+
+
 def test_missing_config_file_exits_2_naming_it(archivers, tmp_path: Path):
     result = archivers.run("--config", str(tmp_path / "absent.toml"))
     assert result.returncode == 2

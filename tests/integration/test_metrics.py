@@ -77,6 +77,9 @@ def test_the_archivers_metrics_count_what_the_archive_holds_and_name_the_refused
     )
     status, text = health(port, "/healthz")
     assert status == 200 and "archiving 1 of 2 sources" in text, text
+    for path in ("/metrics", "/healthz", "/readyz"):  # the broker's credentials are nowhere in what is served
+        served = health(port, path)[1]
+        assert "guest:guest" not in served and "guest@" not in served, (path, served)
     archiver.terminate()
 
 

@@ -252,13 +252,18 @@ def test_relative_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.Monk
     assert sink.url == (tmp_path / "archive").as_uri()
 
 
-def test_objects_get_the_operators_umask_not_a_private_mode(local: LocalSink):
-    previous = os.umask(0o022)
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o640, 0o750), (0o077, 0o600, 0o700)])
+def test_objects_are_never_world_readable_and_the_umask_narrows_further(
+    local: LocalSink, umask: int, file_mode: int, dir_mode: int
+):
+    previous = os.umask(umask)
     try:
-        run(local.put("seg/a", b"x"))
+        run(local.put("source/2026/seg", b"x"))
     finally:
         os.umask(previous)
-    assert (local.root / "seg/a").stat().st_mode & 0o777 == 0o644
+    assert (local.root / "source/2026/seg").stat().st_mode & 0o777 == file_mode
+    assert (local.root / "source/2026").stat().st_mode & 0o777 == dir_mode
+    assert (local.root / "source").stat().st_mode & 0o777 == dir_mode
 
 
 def test_get_of_a_missing_key_in_an_existing_root_is_not_found(local: LocalSink):

@@ -544,3 +544,33 @@ def test_warren_archive_with_a_bad_config_exits_2_with_one_line_naming_the_file_
     (line,) = result.stderr.strip().splitlines()
     assert line == f"warren archive: {path}: source[1].prefetch-count: expected a positive number, got 0"
     assert result.stdout == ""
+
+
+def test_a_management_or_stream_uri_without_a_user_takes_the_brokers_credentials():
+    config = parse_config(
+        {
+            "broker": {
+                "uri": "amqp://archiver:s3cret@rabbit-1:5672/%2F",
+                "management-uri": "https://rabbit-1:15671",
+                "stream-uri": "rabbitmq-stream://rabbit-1:5552/%2F",
+            },
+            "source": [{"src-queue": "orders"}],
+        },
+        "test",
+    )
+    assert config.broker.management_uri == "https://archiver:s3cret@rabbit-1:15671"
+    assert config.broker.stream_uri == "rabbitmq-stream://archiver:s3cret@rabbit-1:5552/%2F"
+
+
+def test_a_management_uri_with_a_user_of_its_own_keeps_it():
+    config = parse_config(
+        {
+            "broker": {
+                "uri": "amqp://archiver:s3cret@rabbit-1/%2F",
+                "management-uri": "http://monitor:pw@rabbit-1:15672",
+            },
+            "source": [{"src-queue": "orders"}],
+        },
+        "test",
+    )
+    assert config.broker.management_uri == "http://monitor:pw@rabbit-1:15672"
