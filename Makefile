@@ -13,7 +13,7 @@ TRIXIE := .tools/trixie
 RABBITMQ40_SERVER := $(TRIXIE)/usr/lib/rabbitmq/bin/rabbitmq-server
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
 
-.PHONY: setup demo test test-fast lint bench acceptance soak clean
+.PHONY: setup demo test test-fast lint bench acceptance soak fuzz clean
 
 AZURITE := .tools/node_modules/.bin/azurite-blob
 
@@ -71,9 +71,17 @@ acceptance: setup
 	$(BIN)/python tests/acceptance.py --rabbitmq 3.10
 	$(BIN)/python tests/acceptance.py --rabbitmq 4.0
 
-# The zero-loss fault scenarios run long (20 injections each, both RabbitMQ versions), and their table.
+# The zero-loss fault scenarios run long (20 injections each, both RabbitMQ versions), and their table;
+# then the decoders' fuzzers, a few minutes each.
 soak: setup
 	$(BIN)/python tests/soak.py
+	$(MAKE) fuzz FUZZ_SECONDS=180
+
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	$(BIN)/python tests/fuzz.py frames --seconds $(FUZZ_SECONDS)
+	$(BIN)/python tests/fuzz.py segment --seconds $(FUZZ_SECONDS)
+	$(BIN)/python tests/fuzz.py records --seconds $(FUZZ_SECONDS)
 
 bench: setup
 	$(BIN)/python bench/amqp_throughput.py

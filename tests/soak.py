@@ -3,8 +3,8 @@ version, the archive on the local sink and on S3 (moto), and the table they make
 
     python tests/soak.py [--rabbitmq 3.10 --rabbitmq 4.0] [--injections 20] [--seed N]
 
-Bounded: some 10 minutes a version with the defaults. Exit code 1 if any row lost a message, or
-replayed one twice that the archive had not flagged.
+Bounded: some 13 minutes a version with the defaults. Exit code 1 if any row lost a message, or
+replayed one twice that neither the archive had flagged nor a killed replay had in doubt.
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ from tests.integration.zero_loss import SCENARIOS, Tally, run_scenario, start_cl
 from tests.sinks.emulators_s3 import CREDENTIALS, MotoServer, sink_uri  # noqa: E402
 
 # Fewer broker kills and stalls than the rest: each costs a broker restart, or seconds of silence.
-SLOW_FAULTS = {"broker kill -9 and restart": 5, "network stall past heartbeats": 5, "quorum queue leader kill -9": 5}
+SLOW_FAULTS = {
+    "broker kill -9 and restart": 5,
+    "network stall past heartbeats": 5,
+    "quorum queue leader kill -9": 5,
+    "source memory alarm": 10,
+    "local sink disk full": 10,
+}
+NEEDS_ROOT = {"local sink disk full"}  # mounts a tmpfs
 
 
 def soak(version: str, injections: int, seed: int, workdir: Path) -> list[Tally]:
@@ -33,7 +40,9 @@ def soak(version: str, injections: int, seed: int, workdir: Path) -> list[Tally]
     (workdir / "moto").mkdir()
     moto = MotoServer(workdir / "moto").start()
     try:
-        plans: list[tuple[str, str | None]] = [(name, None) for name in SCENARIOS]
+        plans: list[tuple[str, str | None]] = [
+            (name, None) for name in SCENARIOS if name not in NEEDS_ROOT or os.geteuid() == 0
+        ]
         plans.insert(1, ("archiver kill -9", "s3"))
         for n, (name, sink) in enumerate(plans):
             scenario = SCENARIOS[name]
@@ -74,7 +83,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="warren-soak-") as workdir:
             rows = soak(version, args.injections, args.seed, Path(workdir))
         print("\n" + table(rows, title=f"RabbitMQ {version}, seed {args.seed}") + "\n", flush=True)
-        failed |= any(r.lost or r.duplicated > r.flagged or r.archived != r.confirmed for r in rows)
+        failed |= not all(row.holds for row in rows)
     return 1 if failed else 0
 
 

@@ -19,6 +19,10 @@ INJECTIONS = {
     "network cut (FIN or RST)": 3,
     "network stall past heartbeats": 1,
     "quorum queue leader kill -9": 1,
+    "source memory alarm": 1,
+    "local sink disk full": 1,
+    "replay --follow kill -9": 2,
+    "replay target blocked (memory alarm)": 2,
 }
 
 
@@ -26,6 +30,8 @@ INJECTIONS = {
 def test_nothing_confirmed_is_lost_or_doubled_through(name, fresh_broker, rabbitmq, tmp_path):
     seed = int(os.environ.get("WARREN_TEST_SEED", time.time_ns() % 1_000_000))
     scenario = SCENARIOS[name]
+    if scenario.small_disk and os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
     cluster = start_cluster(tmp_path / "cluster", rabbitmq) if scenario.cluster else None
     try:
         node, target = cluster[0] if cluster else fresh_broker(), fresh_broker()
@@ -40,6 +46,8 @@ def test_nothing_confirmed_is_lost_or_doubled_through(name, fresh_broker, rabbit
     # A copy is dropped only when the archive proves it one. A broker restarted after kill -9 forgets
     # acknowledgements it had applied and delivers those messages again: the archiver cannot prove
     # them copies, so it keeps and flags them, and replay counts them as possible duplicates.
-    assert row.duplicated <= row.flagged, f"{row.duplicated} replayed twice, {row.flagged} flagged (seed {seed})"
-    if name not in ("broker kill -9 and restart", "quorum queue leader kill -9"):
+    # A replay killed -9 publishes again, when rerun, what its state file held in doubt (at least once).
+    assert row.duplicated <= row.flagged + row.in_doubt, f"{row.duplicated} replayed twice: {row} (seed {seed})"
+    if name not in ("broker kill -9 and restart", "quorum queue leader kill -9", "replay --follow kill -9"):
         assert row.duplicated == 0, f"{row.duplicated} messages replayed twice (seed {seed})"
+    assert row.injections > 0, "no fault was injected: the scenario proves nothing"

@@ -1,8 +1,9 @@
 """The zero-loss checker, and the fault scenarios it judges (issue 14): a producer publishes with
 confirms while a fault is injected again and again (the archiver killed -9, the broker killed, the
-network between warren and the broker cut or stalled); afterwards the archive is replayed into a fresh
-broker, and what came back is compared with what the broker confirmed to the producer, message by
-message: lost, duplicated, reordered. `make test` runs each scenario with a few injections
+network between warren and the broker cut or stalled, the broker's memory alarm, the local sink's disk
+full, a `replay --follow` killed -9); afterwards the archive is replayed into a fresh broker (through
+its memory alarm, in one scenario), and what came back is compared with what the broker confirmed to
+the producer, message by message: lost, duplicated, reordered. `make test` runs each scenario with a few injections
 (test_zero_loss.py); `make soak` (tests/soak.py) runs them long, on both RabbitMQ versions, and prints
 the table.
 """
@@ -13,15 +14,17 @@ import contextlib
 import itertools
 import random
 import secrets
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pika
 import pika.exceptions
 
+from bridge.archive import layout
 from bridge.archive.reader import list_segments, read_index
 from bridge.harness.nodes import LocalNode, RabbitMQInstall
 from bridge.harness.proxy import FaultProxy
@@ -35,11 +38,15 @@ from tests.integration.archiving import (
     queue_source,
     read_archive,
 )
-from tests.integration.replaying import replay
+from tests.integration.replaying import Replayers, ReplayProcess, SummaryLine, read_state, replay, summary
 from tests.polling import wait_until
 
 QUEUE = "zero-loss.orders"
+QUEUE_STATE_KEY = layout.source_prefix("", queue_source(QUEUE))  # the replay state file's key of QUEUE
 HEARTBEAT = 2  # seconds, for the archiver's broker connection where the network stalls
+SMALL_DISK = "64m"  # the tmpfs a disk-full scenario's local sink lives on
+# A fraction of the host's memory so small that the node's own use is past it: the alarm goes off at once.
+ALARM_WATERMARK, NORMAL_WATERMARK = "0.000001", "0.4"
 
 
 @dataclass
@@ -55,16 +62,42 @@ class Tally:
     lost: int = 0  # confirmed, and not replayed
     duplicated: int = 0  # replayed more than once
     flagged: int = 0  # archived records marked possible copies: kept, and counted by replay as such
+    # In doubt when a replay was killed (marked published, not yet confirmed by the target, per its state
+    # file): the rerun publishes them again, so the target may hold them twice (at least once, by design).
+    in_doubt: int = 0
     reordered: int = 0  # replayed before a message confirmed earlier in the same batch, once each
 
-    HEADER = ("fault", "injections", "published", "confirmed", "archived", "replayed", "lost", "duplicated", "flagged")
+    HEADER = (
+        "fault",
+        "injections",
+        "published",
+        "confirmed",
+        "archived",
+        "replayed",
+        "lost",
+        "duplicated",
+        "flagged",
+        "in_doubt",
+    )
+
+    @property
+    def holds(self) -> bool:
+        """Nothing confirmed lost, and nothing doubled that neither the archive flagged nor a killed
+        replay had in doubt."""
+        return self.lost == 0 and self.archived == self.confirmed and self.duplicated <= self.flagged + self.in_doubt
 
     def row(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.HEADER)
 
 
 def tally(
-    fault: str, injections: int, producer: Producer, archived_ids: list[str], flagged: int, replayed_ids: list[str]
+    fault: str,
+    injections: int,
+    producer: Producer,
+    archived_ids: list[str],
+    flagged: int,
+    replayed_ids: list[str],
+    in_doubt: int = 0,
 ) -> Tally:
     confirmed = set(producer.confirmed)
     seen: dict[str, int] = {}
@@ -82,6 +115,7 @@ def tally(
         lost=len(confirmed - set(seen)),
         duplicated=sum(n - 1 for n in seen.values()),
         flagged=flagged,
+        in_doubt=in_doubt,
         reordered=sum(1 for a, b in itertools.pairwise(positions) if b < a),
     )
 
@@ -133,12 +167,17 @@ class Producer(threading.Thread):
 
 @dataclass
 class Scenario:
-    """A fault and how to inject it once; `via_proxy` puts a FaultProxy between the archiver and the broker."""
+    """A fault and how to inject it once while archiving; `via_proxy` puts a FaultProxy between the
+    archiver and the broker."""
 
     name: str
-    inject: Callable[[Run], None]
+    inject: Callable[[Run], None] | None
     via_proxy: bool = False
     cluster: bool = False  # the source is a quorum queue on a cluster of three nodes (run.cluster)
+    small_disk: bool = False  # the local sink on a tmpfs of its own (SMALL_DISK; needs root)
+    follow: bool = False  # `warren replay --follow --state` into the target while archiving (run.follower)
+    # Injected during the final replay instead (run.injections times), given the target and the replay.
+    during_replay: Callable[[Run, LocalNode, ReplayProcess], None] | None = None
 
 
 @dataclass
@@ -151,10 +190,20 @@ class Run:
     proxy: FaultProxy | None = None
     cluster: list[LocalNode] = field(default_factory=list)
     archiver: ArchiverProcess | None = None
+    follow_args: list[str] = field(default_factory=list)
+    replayers: Replayers | None = None
+    follower: ReplayProcess | None = None
+    state: Path | None = None
+    in_doubt: int = 0
+    injected: int = 0  # faults injected during the replay (as many as it lasted for, at most `injections`)
 
     def start_archiver(self) -> None:
         self.archiver = self.archivers.start(*self.args)
         self.archiver.wait_for_log("msg=archiving", timeout=60)
+
+    def start_follower(self) -> None:
+        assert self.replayers is not None
+        self.follower = self.replayers.start(*self.follow_args)
 
 
 def kill_archiver(run: Run) -> None:
@@ -186,6 +235,69 @@ def stall_network(run: Run) -> None:
     run.proxy.resume()
 
 
+def memory_alarm(node: LocalNode, on: bool) -> None:
+    """Set or clear the node's memory alarm, and wait until the node says it is (or is not) in effect."""
+    node.ctl("set_vm_memory_high_watermark", ALARM_WATERMARK if on else NORMAL_WATERMARK)
+    wait_until(
+        lambda: ("memory" in node.ctl("eval", "rabbit_alarm:get_alarms().")) == on,
+        timeout=30,
+        what=f"the memory alarm of {node.name} {'raised' if on else 'cleared'}",
+        every=0.2,
+    )
+
+
+def source_memory_alarm(run: Run) -> None:
+    """The source broker's memory alarm: it blocks the producer (connection.blocked) for a few seconds,
+    while the archiver goes on consuming and acknowledging (which is how an alarm clears)."""
+    time.sleep(run.rng.uniform(0.2, 1.0))
+    memory_alarm(run.node, True)
+    time.sleep(run.rng.uniform(1.0, 3.0))
+    memory_alarm(run.node, False)
+
+
+def fill_disk(run: Run) -> None:
+    """The local sink's file system full for a few seconds (a ballast file takes what is left), then
+    room again: nothing is acknowledged meanwhile, and archiving resumes by itself."""
+    time.sleep(run.rng.uniform(0.2, 1.0))
+    ballast = Path(run.sink).parent / "ballast"
+    with ballast.open("wb", buffering=0) as f:  # unbuffered: nothing left over to fail at close
+        chunk = b"\0" * (1024 * 1024)  # tmpfs stores zeros as they are
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(chunk)
+    time.sleep(run.rng.uniform(1.0, 3.0))
+    ballast.unlink()
+
+
+def kill_follower(run: Run) -> None:
+    """kill -9 a `replay --follow --state` once its state shows progress, and start it again; what its
+    state file held in doubt then is counted (in_doubt)."""
+    assert run.follower is not None and run.state is not None
+    time.sleep(run.rng.uniform(0.2, 1.5))
+    state = run.state
+    wait_until(
+        lambda: read_state(state).get(QUEUE_STATE_KEY, {}).get("confirmed_seq", 0) > 0,
+        timeout=60,
+        what="the follower's state file showing progress",
+        every=0.05,
+    )
+    assert run.follower.running(), f"the follower exited by itself:\n{run.follower.describe()}"
+    run.follower.kill()
+    at_kill = read_state(state).get(QUEUE_STATE_KEY, {})
+    run.in_doubt += at_kill.get("published_seq", 0) - at_kill.get("confirmed_seq", 0)
+    run.start_follower()
+
+
+def block_target(run: Run, target: LocalNode, replaying: ReplayProcess) -> None:
+    """The target's memory alarm (connection.blocked) for a moment while the replay publishes: it must
+    wait, then carry on, neither giving up nor losing what it had published."""
+    memory_alarm(target, True)
+    time.sleep(run.rng.uniform(0.5, 2.0))
+    assert replaying.running() or replaying.proc.returncode == 0, replaying.describe()
+    memory_alarm(target, False)
+    time.sleep(run.rng.uniform(0.05, 0.3))
+
+
 def kill_quorum_leader(run: Run) -> None:
     """kill -9 the node that leads the quorum queue (the archiver's own node, or another), then restart it."""
     time.sleep(run.rng.uniform(0.5, 2.0))
@@ -204,7 +316,24 @@ SCENARIOS = {
     "network cut (FIN or RST)": Scenario("network cut (FIN or RST)", cut_network, via_proxy=True),
     "network stall past heartbeats": Scenario("network stall past heartbeats", stall_network, via_proxy=True),
     "quorum queue leader kill -9": Scenario("quorum queue leader kill -9", kill_quorum_leader, cluster=True),
+    "source memory alarm": Scenario("source memory alarm", source_memory_alarm),
+    "local sink disk full": Scenario("local sink disk full", fill_disk, small_disk=True),
+    "replay --follow kill -9": Scenario("replay --follow kill -9", kill_follower, follow=True),
+    "replay target blocked (memory alarm)": Scenario(
+        "replay target blocked (memory alarm)", None, during_replay=block_target
+    ),
 }
+
+
+@contextlib.contextmanager
+def small_disk(root: Path) -> Iterator[Path]:
+    """A tmpfs of SMALL_DISK at `root`, unmounted afterwards."""
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(root)], check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "--lazy", str(root)], check=True)
 
 
 def start_cluster(root: Path, install: RabbitMQInstall) -> list[LocalNode]:
@@ -230,8 +359,25 @@ def run_scenario(
     cluster: list[LocalNode] | None = None,
 ) -> Tally:
     """Archive through `injections` faults while producing, replay into `target`, and count. The
-    archive goes to `sink` (any sink URI; a local directory in `workdir` by default). With `cluster`,
-    `node` is one of its nodes and the source a quorum queue."""
+    archive goes to `sink` (any sink URI; a local directory in `workdir` by default, on a tmpfs of its
+    own for a disk-full scenario). With `cluster`, `node` is one of its nodes and the source a quorum
+    queue."""
+    with contextlib.ExitStack() as stack:
+        if scenario.small_disk:
+            sink = str(stack.enter_context(small_disk(workdir / "disk")) / "archive")
+        return _run_scenario(scenario, node, target, workdir, injections, seed, sink, cluster)
+
+
+def _run_scenario(
+    scenario: Scenario,
+    node: LocalNode,
+    target: LocalNode,
+    workdir: Path,
+    injections: int,
+    seed: int,
+    sink: str | None,
+    cluster: list[LocalNode] | None,
+) -> Tally:
     rng = random.Random(seed)
     sink = sink or str(workdir / "archive")
     with Witness(node.amqp_uri) as witness:
@@ -242,14 +388,22 @@ def run_scenario(
     broker = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F?heartbeat={HEARTBEAT}" if proxy else node.amqp_uri
     args = ["--broker", broker, "--management-uri", node.management_uri, "--stream-uri", node.stream_uri]
     args += ["--queue", QUEUE, "--sink", sink, "--prefetch-count", "500"]
+    replay_args = ["--archive", sink, "--target", target.amqp_uri, "--source", QUEUE]
     producer = Producer(node.amqp_uri)
     try:
-        with Archivers(workdir) as archivers:
-            run = Run(node, archivers, sink, rng, args, proxy, cluster or [])
+        with Archivers(workdir) as archivers, Replayers(workdir) as replayers:
+            run = Run(node, archivers, sink, rng, args, proxy, cluster or [], replayers=replayers)
             run.start_archiver()
+            if scenario.follow:
+                run.state = workdir / "follow.state"
+                run.follow_args = [*replay_args, "--follow", "--state", str(run.state)]
+                run.start_follower()
             producer.start()
-            for _ in range(injections):
+            for _ in range(injections if scenario.inject else 0):
+                assert scenario.inject is not None
                 scenario.inject(run)
+            if scenario.inject is None:
+                time.sleep(injections)  # something to archive, and to replay
             producer.stop()
             # Drained, and the archive holds at least as many records as were confirmed: a queue's depth
             # alone can read 0 while a restarted cluster member catches up. What never comes is counted
@@ -264,6 +418,18 @@ def run_scenario(
             assert run.archiver is not None
             log = run.archiver.terminate()
             assert "Traceback" not in log
+            if run.follower is not None:
+                follower, state, last = run.follower, run.state, records_in(sink)
+                assert state is not None
+                with contextlib.suppress(AssertionError):  # what never comes is counted below, as lost
+                    wait_until(
+                        lambda: read_state(state).get(QUEUE_STATE_KEY, {}).get("confirmed_seq", 0) >= last,
+                        timeout=180,
+                        what=f"the follower confirming the archive's last record (seed {seed})",
+                        every=0.2,
+                    )
+                assert follower.terminate() == 0, follower.describe()
+                assert "Traceback" not in follower.stderr()
     finally:
         producer.stop()
         if proxy is not None:
@@ -272,11 +438,38 @@ def run_scenario(
     records = read_archive(sink, queue_source(QUEUE))  # type: ignore[arg-type]
     archived = [r.properties.message_id or "" for r in records if r.copy_of is None]
     flagged = sum(r.possible_copy_of is not None for r in records)
-    result = replay("--archive", sink, "--target", target.amqp_uri, "--source", QUEUE, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    if not scenario.follow:
+        done = _replay(scenario, run, target, replay_args, workdir, injections)
+        assert done.failed is False, done.text
     with Witness(target.amqp_uri) as witness:
         replayed = [p.message_id or "" for p, _ in witness.fetch_all(QUEUE)]
-    return tally(scenario.name, injections, producer, archived, flagged, replayed)
+    injected = run.injected if scenario.during_replay else injections
+    return tally(scenario.name, injected, producer, archived, flagged, replayed, run.in_doubt)
+
+
+def _replay(
+    scenario: Scenario, run: Run, target: LocalNode, args: list[str], workdir: Path, injections: int
+) -> SummaryLine:
+    """The archive replayed into the target (through `during_replay` faults); its summary line."""
+    if scenario.during_replay is None:
+        result = replay(*args, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return summary(result.stdout)[QUEUE]
+    with Replayers(workdir / "replays") as replayers:
+        (workdir / "replays").mkdir(exist_ok=True)
+        memory_alarm(target, True)  # blocked from its first publish
+        replaying = replayers.start(*args)
+        for _ in range(injections):
+            if not replaying.running():
+                break
+            scenario.during_replay(run, target, replaying)
+            run.injected += 1
+        memory_alarm(target, False)
+        code = replaying.wait(600)
+        assert code == 0, replaying.describe()
+        assert "Traceback" not in replaying.stderr()
+        assert "broker blocked publishing" in replaying.stderr(), "the replay was never blocked: this proves nothing"
+        return summary(replaying.stdout())[QUEUE]
 
 
 def records_in(sink: str) -> int:
