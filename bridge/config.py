@@ -46,6 +46,7 @@ class ArchiveSettings:
     segment_max_age: float = 60.0
     segment_idle: float = 1.0  # 0: segments roll by size and age only
     definitions_interval: float = 60.0  # seconds between polls of the broker's definitions; 0: never
+    keep_password_hashes: bool = False  # users' password hashes in the saved definitions (blanked by default)
     write_quorum: int | None = None  # sinks that must hold a segment before it counts; None: all
     compact: bool = True  # merge the segments of each sealed hour of its sources (compaction.py)
     compact_max_bytes: int = 64 * 1024 * 1024
@@ -338,6 +339,7 @@ def _archive(t: _Table) -> ArchiveSettings:
         segment_max_age=t.positive("segment-max-age", ArchiveSettings.segment_max_age),
         segment_idle=t.positive("segment-idle", ArchiveSettings.segment_idle, allow_zero=True),
         definitions_interval=t.positive("definitions-interval", ArchiveSettings.definitions_interval, allow_zero=True),
+        keep_password_hashes=t.take("keep-password-hashes", bool, ArchiveSettings.keep_password_hashes),
         write_quorum=_write_quorum(t, len(sinks)),
         compact=t.take("compact", bool, ArchiveSettings.compact),
         compact_max_bytes=t.positive("compact-max-bytes", ArchiveSettings.compact_max_bytes, integer=True),

@@ -102,6 +102,9 @@ class ManagementClient:
         body = {"configure": ".*", "write": ".*", "read": ".*"}
         await self._request("PUT", f"/api/permissions/{_seg(vhost)}/{_seg(user)}", body)
 
+    async def users(self) -> list[dict[str, Any]]:
+        return list(await self._request("GET", "/api/users"))
+
     async def listener_port(self, protocol: str) -> int | None:
         """The port the broker listens on for `protocol` ("stream", "amqp", ...), if it says."""
         overview = await self.overview()

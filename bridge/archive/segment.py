@@ -198,12 +198,15 @@ class SegmentBuilder:
         created_ns: int,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         level: int = DEFAULT_LEVEL,
+        compressor: zstandard.ZstdCompressor | None = None,
     ) -> None:
         self.source = source
         self.created_ns = created_ns
         self._block_bytes = block_bytes
         self._packer = msgpack.Packer(use_bin_type=True)
-        self._compressor = zstandard.ZstdCompressor(level=level)
+        # A writer passes the one it keeps: making a compression context costs about as much as
+        # compressing a small segment (~40 us of ~95 for 250 records), and small segments are many.
+        self._compressor = compressor or zstandard.ZstdCompressor(level=level)
         self._blocks: list[bytes] = []
         self._index: list[BlockEntry] = []
         self._raw = bytearray()

@@ -18,6 +18,16 @@ from sinks import Sink, SinkError
 log = logging.getLogger("warren.archiver")
 
 
+def without_password_hashes(definitions: dict[str, Any]) -> dict[str, Any]:
+    """The definitions with every user's password hash blanked: a salted hash is still a credential, and
+    an archive is read by more people than the broker's administrators. Users, tags and permissions
+    stay (a restore with --with-users recreates them, without a password)."""
+    users = definitions.get("users")
+    if not users:
+        return definitions
+    return {**definitions, "users": [{**user, "password_hash": ""} for user in users]}
+
+
 def _digest(definitions: dict[str, Any]) -> bytes:
     # The broker's own version field changes with nothing else; it is not topology.
     significant = {k: v for k, v in definitions.items() if k not in ("rabbit_version", "rabbitmq_version")}
@@ -25,8 +35,17 @@ def _digest(definitions: dict[str, Any]) -> bytes:
 
 
 class DefinitionsRecorder:
-    def __init__(self, management_uri: str, sink: Sink, interval: float, stopping: asyncio.Event) -> None:
+    def __init__(
+        self,
+        management_uri: str,
+        sink: Sink,
+        interval: float,
+        stopping: asyncio.Event,
+        *,
+        keep_password_hashes: bool = False,
+    ) -> None:
         self.management_uri = management_uri
+        self.keep_password_hashes = keep_password_hashes
         self.sink = sink
         self.interval = interval
         self.stopping = stopping
@@ -52,6 +71,8 @@ class DefinitionsRecorder:
         except ManagementError as err:
             log.warning("cannot read the broker's definitions", extra={"reason": str(err)})
             return False
+        if not self.keep_password_hashes:
+            definitions = without_password_hashes(definitions)
         digest = _digest(definitions)
         if digest == self._last:
             return False

@@ -121,7 +121,10 @@ async def _archive_into(
             await source.writer.start(recover=False)  # each session finds the archive's end (take_over)
         if snapshot and config.archive.definitions_interval > 0:
             # A snapshot is over in moments: its topology is saved once, before it reads anything.
-            await DefinitionsRecorder(config.broker.management_uri, sink, 0, stopping).save_once()
+            keep = config.archive.keep_password_hashes
+            await DefinitionsRecorder(
+                config.broker.management_uri, sink, 0, stopping, keep_password_hashes=keep
+            ).save_once()
         if not stopping.is_set():
             await _run_sources(config, sink, sources, stopping, with_definitions=not snapshot, metrics=metrics)
     finally:
@@ -217,7 +220,11 @@ async def _run_sources(
         helpers.append(asyncio.create_task(_compact_sealed_hours(sink, running, config.archive, stopping)))
     if with_definitions and config.archive.definitions_interval > 0:
         recorder = DefinitionsRecorder(
-            config.broker.management_uri, sink, config.archive.definitions_interval, stopping
+            config.broker.management_uri,
+            sink,
+            config.archive.definitions_interval,
+            stopping,
+            keep_password_hashes=config.archive.keep_password_hashes,
         )
         helpers.append(asyncio.create_task(recorder.run(), name="definitions"))
     failures: list[tuple[str, BaseException]] = []

@@ -19,10 +19,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import zstandard
+
 from bridge.archive import layout
 from bridge.archive.checkpoint import Checkpoint, write_checkpoint
 from bridge.archive.record import CopyMark, Source, amqp_record_map, stream_record_map
-from bridge.archive.segment import DEFAULT_BLOCK_BYTES, SegmentBuilder
+from bridge.archive.segment import DEFAULT_BLOCK_BYTES, DEFAULT_LEVEL, SegmentBuilder
 from bridge.archive.source_object import write_source_object
 from bridge.archiver.backoff import Backoff
 from bridge.archiver.recovery import find_archive_end
@@ -181,6 +183,7 @@ class SegmentWriter:
         self.sink_failure: str | None = None
         self._writes_pending: dict[int, float] = {}  # id -> when it started, while a write (and its retries) runs
         self._builder: SegmentBuilder | None = None
+        self._compressor = zstandard.ZstdCompressor(level=DEFAULT_LEVEL)  # on the loop, one segment at a time
         self._partition_end = 0
         self._opened_at = 0.0
         self._last_token: Any = None
@@ -322,7 +325,9 @@ class SegmentWriter:
         if captured_ns >= self._partition_end and self._builder is not None:
             self.roll()  # a segment never spans two partitions
         if self._builder is None:
-            self._builder = SegmentBuilder(self.source, created_ns=captured_ns, block_bytes=self.policy.block_bytes)
+            self._builder = SegmentBuilder(
+                self.source, created_ns=captured_ns, block_bytes=self.policy.block_bytes, compressor=self._compressor
+            )
             self._partition_end = layout.partition_start_ns(captured_ns) + HOUR_NS
             self._opened_at = time.monotonic()
 

@@ -117,6 +117,34 @@ def prepare(definitions: dict[str, Any], remap: Remap, *, with_users: bool) -> d
     return d
 
 
+def without_passwordless_overwrites(
+    definitions: dict[str, Any], existing: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[str]]:
+    """Users the archive kept without a password hash (keep-password-hashes, docs/CONFIG.md) are created
+    on the target without a password; one the target already has keeps its own (loading it would take
+    away its password, perhaps the very one this replay logs in with). One report line each way."""
+    blank = [u for u in definitions.get("users", []) if not u.get("password_hash")]
+    if not blank:
+        return definitions, []
+    there = {u.get("name") for u in existing}
+    kept = sorted(u["name"] for u in blank if u["name"] in there)
+    created = sorted(u["name"] for u in blank if u["name"] not in there)
+    report = []
+    if kept:
+        report.append(
+            f"users {', '.join(map(repr, kept))}: already on the target, left as they are (the archive holds "
+            "no password for them)"
+        )
+    if created:
+        report.append(
+            f"users {', '.join(map(repr, created))}: created without a password (the archive keeps none unless "
+            "keep-password-hashes = true); give them one with rabbitmqctl change_password"
+        )
+    d = dict(definitions)
+    d["users"] = [u for u in definitions.get("users", []) if u.get("password_hash") or u["name"] not in there]
+    return d, report
+
+
 def fit_to_target(definitions: dict[str, Any], version: tuple[int, ...] | None) -> tuple[dict[str, Any], list[str]]:
     """The definitions without what a broker of `version` refuses, and one line per policy changed.
 
@@ -168,6 +196,10 @@ async def restore(management_uri: str, definitions: dict[str, Any], *, with_user
         try:
             version = await management.server_version()
             fitted, report = fit_to_target(definitions, version)
+            if with_users:
+                asked = "its users"
+                fitted, kept_users = without_passwordless_overwrites(fitted, await management.users())
+                report += kept_users
             asked = "the definitions"
             await management.load_definitions(fitted)
             if not with_users:
