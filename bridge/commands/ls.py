@@ -1,4 +1,4 @@
-"""`warren ls`: what an archive holds, per source."""
+"""`warren ls`: what an archive holds, per source; with --timeline, its density over time."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from bridge.archive.layout import SegmentKey
 from bridge.archive.reader import list_segments, read_index
 from bridge.archive.record import Source
 from bridge.archive.segment import SegmentIndex
-from bridge.errors import EXIT_OK
-from bridge.timespec import format_time
+from bridge.archive.timeline import DEFAULT_WIDTH, timeline
+from bridge.errors import EXIT_OK, ConfigError
+from bridge.timespec import format_time, parse_time
 from protocol.loop import run
 from sinks import Sink, open_sink
 
@@ -57,16 +58,21 @@ class SourceSummary:
         }
 
 
-async def summarize(sink: Sink) -> list[SourceSummary]:
+async def footers(sink: Sink) -> list[SegmentIndex]:
+    """Every segment's footer, READ_AHEAD at a time."""
     segments = await list_segments(sink)
-    summaries: dict[Source, SourceSummary] = {}
     limit = asyncio.Semaphore(READ_AHEAD)
 
     async def index_of(seg: SegmentKey) -> SegmentIndex:
         async with limit:
             return await read_index(sink, seg)
 
-    for index in await asyncio.gather(*(index_of(seg) for seg in segments)):
+    return list(await asyncio.gather(*(index_of(seg) for seg in segments)))
+
+
+async def summarize(sink: Sink) -> list[SourceSummary]:
+    summaries: dict[Source, SourceSummary] = {}
+    for index in await footers(sink):
         summaries.setdefault(index.source, SourceSummary(index.source)).add(index)
     return sorted(summaries.values(), key=lambda s: s.source)
 
@@ -104,8 +110,17 @@ async def list_archive(uri: str, *, as_json: bool) -> str:
     return render_json(summaries) if as_json else render_table(summaries)
 
 
+async def draw_timeline(uri: str, *, since_ns: int | None, until_ns: int | None, width: int) -> str:
+    async with open_sink(uri) as sink:
+        indexes = await footers(sink)
+    return timeline(indexes, since_ns=since_ns, until_ns=until_ns, width=width).render()
+
+
 EXAMPLES = (
-    "examples:\n  warren ls file:///var/lib/warren\n  warren ls s3://archive-bucket/warren?region=eu-west-1 --json"
+    "examples:\n"
+    "  warren ls file:///var/lib/warren\n"
+    "  warren ls s3://archive-bucket/warren?region=eu-west-1 --json\n"
+    "  warren ls file:///var/lib/warren --timeline --since -24h --width 96"
 )
 
 
@@ -113,8 +128,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     parser.add_argument("archive", metavar="ARCHIVE", help="archive URI (file:///var/lib/warren, s3://...) or path")
     parser.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    parser.add_argument(
+        "--timeline", action="store_true", help="draw each source's message density over time, quiet spells marked"
+    )
+    parser.add_argument(
+        "--since", metavar="T", help="with --timeline: from T (RFC 3339, or -24h); default: the first record"
+    )
+    parser.add_argument("--until", metavar="T", help="with --timeline: to T; default: the last record")
+    parser.add_argument(
+        "--width", type=int, default=DEFAULT_WIDTH, help=f"with --timeline: columns (default {DEFAULT_WIDTH})"
+    )
 
 
 def from_args(args: argparse.Namespace) -> int:
-    print(run(list_archive(args.archive, as_json=args.json)))
+    if not args.timeline:
+        if args.since or args.until:
+            raise ConfigError("--since and --until go with --timeline")
+        print(run(list_archive(args.archive, as_json=args.json)))
+        return EXIT_OK
+    if args.json:
+        raise ConfigError("--timeline draws for a terminal; --json lists the sources")
+    if not 10 <= args.width <= 1000:
+        raise ConfigError(f"--width {args.width}: expected 10 to 1000 columns")
+    since = parse_time(args.since, what="--since") if args.since else None
+    until = parse_time(args.until, what="--until") if args.until else None
+    if since is not None and until is not None and until <= since:
+        raise ConfigError("--until must come after --since")
+    print(run(draw_timeline(args.archive, since_ns=since, until_ns=until, width=args.width)))
     return EXIT_OK
