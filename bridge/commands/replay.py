@@ -8,6 +8,7 @@ import os
 
 from bridge.errors import EXIT_OK, ConfigError
 from bridge.replay import topology
+from bridge.replay.pacing import parse_pace
 from bridge.replay.service import ReplayOptions
 from bridge.timespec import parse_time
 from protocol.loop import run
@@ -22,7 +23,8 @@ EXAMPLES = (
     "  warren replay --archive file:///var/lib/warren --target amqp://guest:guest@new-host:5672/%2F \\\n"
     "                --at 2026-11-23T03:00:00Z --definitions --state replay.state\n"
     "  warren replay --archive s3://bucket/warren --target amqp://...@broker-b/%2F --follow --since -10m\n"
-    "  warren replay --archive file:///var/lib/warren --target amqp://... --source orders --dry-run"
+    "  warren replay --archive file:///var/lib/warren --target amqp://... --source orders --dry-run\n"
+    "  warren replay --archive file:///var/lib/warren --target amqp://... --since -1h --until -30m --pace original"
 )
 
 
@@ -76,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "RabbitMQ keeps for AMQP publishers is always used where present",
     )
     parser.add_argument("--rate", metavar="N", type=float, help="at most N messages per second")
+    parser.add_argument(
+        "--pace",
+        metavar="original|Nx",
+        help="keep the original gaps between messages (load reproduction), or N times faster (2x) or slower "
+        "(0.5x); after a stall (the target blocked, slow confirms) the schedule moves on rather than bursting",
+    )
     parser.add_argument("--state", metavar="FILE", help="checkpoint progress here; a rerun continues from it")
     parser.add_argument("--dry-run", action="store_true", help="list what would be replayed; publish nothing")
     parser.add_argument("--follow", action="store_true", help="after catching up, keep replaying new segments")
@@ -149,6 +157,7 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
         keep_delivery_count=args.keep_delivery_count,
         stream_filter_from=_filter_source(args.stream_filter_from),
         rate=args.rate,
+        pace=parse_pace(args.pace) if args.pace else None,
         state=args.state,
         dry_run=args.dry_run,
         follow=args.follow,

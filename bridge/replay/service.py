@@ -25,7 +25,7 @@ from bridge.metrics.listen import parse_listen
 from bridge.metrics.replay import ReplayMetrics
 from bridge.replay import topology
 from bridge.replay.outcome import SourceOutcome
-from bridge.replay.pacing import RateLimit
+from bridge.replay.pacing import Pace, RateLimit
 from bridge.replay.progress import Progress, ReplayStatus
 from bridge.replay.queue_target import CONFIRM_WINDOW, QueueRoute, replay_queue
 from bridge.replay.selection import (
@@ -67,6 +67,7 @@ class ReplayOptions:
     keep_delivery_count: bool = False
     stream_filter_from: FilterValueSource | None = None
     rate: float | None = None
+    pace: float | None = None  # --pace: the original gaps between messages, divided by this; None: at once
     state: str | None = None
     dry_run: bool = False
     follow: bool = False
@@ -296,10 +297,13 @@ async def _records(
 ) -> AsyncIterator[tuple[SegmentKey, Record]]:
     """The source's records after `after_seq`; in follow mode, then whatever the archiver commits next."""
     last = after_seq
+    pace = Pace(options.pace, anchor_ns=options.since_ns) if options.pace else None
     while True:
         async for seg, record in records_after(sink, plan, options.window, last, skip_corrupt=options.skip_corrupt):
             if stopping.is_set():
                 return
+            if pace is not None:
+                await pace.wait_for(record.time_ns)
             last = record.seq
             if options.follow:
                 progress.lag_s = max(0.0, (time.time_ns() - record.captured_ns) / 1e9)
