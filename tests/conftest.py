@@ -54,13 +54,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("rabbitmq", versions, indirect=True, scope="session")
 
 
+OWN_GROUPS = {"test_zero_loss.py"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # With pytest-xdist's --dist loadgroup, every test of one RabbitMQ version runs in the same worker:
-    # each version's shared node is started once, and the versions run side by side.
+    # each version's shared node is started once, and the versions run side by side. The zero-loss
+    # scenarios (a third of a version's time, on nodes of their own) go to a group of their own, so that
+    # the workers finish together.
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "rabbitmq" in callspec.params:
-            item.add_marker(pytest.mark.xdist_group(f"rabbitmq-{callspec.params['rabbitmq']}"))
+            version = callspec.params["rabbitmq"]
+            own = item.path.name in OWN_GROUPS
+            item.add_marker(pytest.mark.xdist_group(f"{item.path.stem}-{version}" if own else f"rabbitmq-{version}"))
 
 
 @pytest.fixture(scope="session")

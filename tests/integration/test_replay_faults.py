@@ -1,7 +1,7 @@
 """A replay killed with -9 and rerun with the same state file: nothing is lost, and what is duplicated is
 bounded by what the rerun says was in doubt (queues) or nothing at all (streams, deduplicated).
 
-100,000 messages of 256 bytes are archived from the session's broker (A) and replayed into a node of
+50,000 messages of 256 bytes are archived from the session's broker (A) and replayed into a node of
 this module's own (B); the replayer is killed at a random point after the target confirmed some.
 """
 
@@ -39,7 +39,7 @@ from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
-COUNT = 100_000
+COUNT = 50_000
 BODY_BYTES = 256
 CONFIRM_WINDOW = 1000  # warren replay's unconfirmed publishes per queue source
 
