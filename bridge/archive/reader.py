@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bridge.archive import layout
+from bridge.archive.clocks import Clock, record_time
 from bridge.archive.layout import SegmentKey
 from bridge.archive.record import Record, Source
 from bridge.archive.segment import (
@@ -153,23 +154,39 @@ async def read_index(sink: Sink, segment: SegmentKey) -> SegmentIndex:
 
 @dataclass(frozen=True)
 class TimeRange:
-    """A closed interval of record times in UTC nanoseconds; None leaves that side open."""
+    """A closed interval of record times in UTC nanoseconds; None leaves that side open. `clock` says
+    which of a record's times counts (clocks.py); None: the one the footers index (`Record.time_ns`)."""
 
     since_ns: int | None = None
     until_ns: int | None = None
+    clock: Clock | None = None
 
     def may_hold(self, seg: SegmentKey) -> bool:
         # Partitions are by capture time, and a record's time is not after its capture time (a stream
-        # chunk is stored before we read it; up to clock skew), so only `since` can prune by partition.
+        # chunk is stored before we read it, a message published before it is stored; up to clock
+        # skew), so only `since` can prune by partition.
         return self.since_ns is None or seg.hour_ns + HOUR_NS + CLOCK_SKEW_NS > self.since_ns
 
     def overlaps(self, index: SegmentIndex) -> bool:
-        if self.since_ns is not None and index.max_time_ns < self.since_ns:
-            return False
-        return not (self.until_ns is not None and index.min_time_ns > self.until_ns)
+        """Whether the segment may hold a record of the window, by its footer."""
+        if self.clock is None:
+            low, high = index.min_time_ns, index.max_time_ns
+        elif self.clock is Clock.CAPTURED:
+            low, high = index.first_captured_ns, index.last_captured_ns
+        else:
+            return True  # the footer does not index the producer's or the broker's clock
+        return (self.since_ns is None or high >= self.since_ns) and (self.until_ns is None or low <= self.until_ns)
+
+    @property
+    def block_bounds(self) -> dict[str, int | None]:
+        """`iter_records`' since/until, to skip a segment's blocks by their index, which holds
+        `Record.time_ns`: only without a clock of its own."""
+        if self.clock is not None:
+            return {"since_ns": None, "until_ns": None}
+        return {"since_ns": self.since_ns, "until_ns": self.until_ns}
 
     def holds(self, record: Record) -> bool:
-        t = record.time_ns
+        t = record_time(record, self.clock)
         return (self.since_ns is None or t >= self.since_ns) and (self.until_ns is None or t <= self.until_ns)
 
 
@@ -177,6 +194,6 @@ async def read_records(sink: Sink, segment: SegmentKey, window: TimeRange | None
     """The records of one segment, whole-segment checks included, limited to `window` if given."""
     data = await sink.get(segment.key)
     w = window or TimeRange()
-    for record in iter_records(data, segment.key, since_ns=w.since_ns, until_ns=w.until_ns):
+    for record in iter_records(data, segment.key, **w.block_bounds):
         if w.holds(record):
             yield record

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.archive.clocks import BY_HELP, Clock
 from bridge.archive.layout import SegmentKey
 from bridge.archive.reader import TimeRange, list_segments, read_index, read_records
 from bridge.archive.record import Record, RecordKind, Source, SourceKind
@@ -38,11 +39,18 @@ class RecordFilter:
 
     @classmethod
     def build(
-        cls, since: str | None, until: str | None, where: Sequence[str], routing_key: str | None, grep: str | None
+        cls,
+        since: str | None,
+        until: str | None,
+        where: Sequence[str],
+        routing_key: str | None,
+        grep: str | None,
+        by: str | None = None,
     ) -> RecordFilter:
         window = TimeRange(
             parse_time(since, what="--since") if since else None,
             parse_time(until, what="--until") if until else None,
+            Clock(by) if by else None,
         )
         conditions = []
         for clause in where:
@@ -204,7 +212,7 @@ async def segment_file_records(path: Path, window: TimeRange) -> AsyncIterator[t
     """The records of one segment file given by path: what an operator holding a single file has."""
     data = path.read_bytes()
     source = read_segment_index(data, str(path)).source
-    for record in iter_records(data, str(path), since_ns=window.since_ns, until_ns=window.until_ns):
+    for record in iter_records(data, str(path), **window.block_bounds):
         yield source, record
 
 
@@ -256,6 +264,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vhost", metavar="VHOST", help="only sources in this vhost")
     parser.add_argument("--since", metavar="T", help="records at or after T (RFC 3339, or relative: -15m, -2h)")
     parser.add_argument("--until", metavar="T", help="records at or before T")
+    parser.add_argument(
+        "--by",
+        choices=[str(c) for c in Clock],
+        help=BY_HELP,
+    )
     parser.add_argument("--limit", metavar="N", type=int, help="stop after N matching records")
     parser.add_argument(
         "--where",
@@ -270,6 +283,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> int:
-    keep = RecordFilter.build(args.since, args.until, args.where, args.routing_key, args.grep)
+    keep = RecordFilter.build(args.since, args.until, args.where, args.routing_key, args.grep, args.by)
     run(inspect_target(args.archive, keep, source=args.source, vhost=args.vhost, limit=args.limit, as_json=args.json))
     return EXIT_OK

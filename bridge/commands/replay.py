@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from bridge.archive.clocks import BY_HELP, Clock
 from bridge.errors import EXIT_OK, ConfigError
 from bridge.replay import topology
 from bridge.replay.pacing import parse_pace
@@ -48,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     when.add_argument("--at", metavar="T", help="every message captured at or before T (RFC 3339, or -15m)")
     when.add_argument("--since", metavar="T", help="window start (with or without --until)")
     parser.add_argument("--until", metavar="T", help="window end")
+    parser.add_argument(
+        "--by",
+        choices=[str(c) for c in Clock],
+        help=BY_HELP,
+    )
     parser.add_argument("--source", metavar="NAME", action="append", default=[], help="only this queue or stream")
     parser.add_argument("--definitions", action="store_true", help="first restore the topology saved before T")
     parser.add_argument("--with-users", action="store_true", help="with --definitions: users and permissions too")
@@ -141,6 +147,7 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
         archive=args.archive,
         target=args.target,
         since_ns=parse_time(args.since, what="--since") if args.since else None,
+        by=Clock(args.by) if args.by else None,
         until_ns=parse_time(until, what="--at" if args.at else "--until") if until else None,
         sources=tuple(args.source),
         definitions=args.definitions,

@@ -84,7 +84,7 @@ async def records_after(
                 seg, data = await _covering(sink, plan.source, listed, data)
             if isinstance(data, BaseException):
                 raise data
-            for record in iter_records(data, seg.key, since_ns=window.since_ns, until_ns=window.until_ns):
+            for record in iter_records(data, seg.key, **window.block_bounds):
                 if record.seq <= done_through:
                     continue
                 done_through = record.seq
@@ -170,7 +170,7 @@ async def dry_run(
         if not window.overlaps(index) or index.last_seq <= after_seq:
             continue
         data = await sink.get(seg.key)
-        for record in iter_records(data, seg.key, since_ns=window.since_ns, until_ns=window.until_ns):
+        for record in iter_records(data, seg.key, **window.block_bounds):
             if record.seq <= after_seq or not window.holds(record) or not plan.wanted(record):
                 continue
             if record.copy_of is not None and not keep_copies:
@@ -205,7 +205,7 @@ async def count_selected(
             return index.records - (0 if keep_copies else index.copies)
         total = 0
         data = await sink.get(seg.key)
-        for record in iter_records(data, seg.key, since_ns=window.since_ns, until_ns=window.until_ns):
+        for record in iter_records(data, seg.key, **window.block_bounds):
             if record.seq <= after_seq or not window.holds(record):
                 continue
             total += plan.restores(record) and (keep_copies or record.copy_of is None)

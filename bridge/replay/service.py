@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from bridge.archive import layout
+from bridge.archive.clocks import Clock
 from bridge.archive.layout import SegmentKey
 from bridge.archive.reader import TimeRange
 from bridge.archive.record import Record, Source, SourceKind
@@ -67,6 +68,7 @@ class ReplayOptions:
     keep_delivery_count: bool = False
     stream_filter_from: FilterValueSource | None = None
     rate: float | None = None
+    by: Clock | None = None  # --by: which of a record's times the window reads (clocks.py)
     pace: float | None = None  # --pace: the original gaps between messages, divided by this; None: at once
     state: str | None = None
     dry_run: bool = False
@@ -77,7 +79,7 @@ class ReplayOptions:
 
     @property
     def window(self) -> TimeRange:
-        return TimeRange(self.since_ns, self.until_ns)
+        return TimeRange(self.since_ns, self.until_ns, self.by)
 
     @property
     def management_uri(self) -> str:

@@ -77,6 +77,7 @@ def stream_filter_value(message: bytes, source: FilterValueSource | None = None)
 
 _u32 = struct.Struct(">I")
 _u64 = struct.Struct(">Q")
+_i64 = struct.Struct(">q")
 # The width of a fixed-size AMQP 1.0 value, by the high nibble of its format code (spec 1.6, "subcategory").
 _FIXED_WIDTH = {0x4: 0, 0x5: 1, 0x6: 2, 0x7: 4, 0x8: 8, 0x9: 16}
 _SYMBOLIC_SECTIONS = {
@@ -198,4 +199,29 @@ def _text(data: bytes, pos: int) -> str | None:
     fmt = _INTEGERS.get(code)
     if fmt is not None:
         return str(struct.unpack_from(fmt, data, pos + 1)[0])
+    return None
+
+
+def creation_time_ms(message: bytes) -> int | None:
+    """The creation-time of a stored AMQP 1.0 message's properties (ms since the epoch: the publisher's
+    clock), or None where it has none, or the bytes are not AMQP 1.0."""
+    try:
+        pos = 0
+        while pos < len(message):
+            if message[pos] != 0x00:
+                return None
+            code, pos = _descriptor(message, pos + 1)
+            if code == _SECTION_CODES[PROPERTIES]:
+                count, pos = _compound(message, pos)
+                index = PROPERTY_FIELDS.index("creation-time")
+                if index >= count:
+                    return None
+                for _ in range(index):
+                    pos = _skip(message, pos)
+                return int(_i64.unpack_from(message, pos + 1)[0]) if message[pos] == 0x83 else None
+            if code is None or code > _SECTION_CODES[PROPERTIES]:
+                return None
+            pos = _skip(message, pos)
+    except (IndexError, struct.error):
+        return None
     return None
