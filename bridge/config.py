@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from bridge.archive.pruned import MIN_RETENTION_NS
 from bridge.errors import ConfigError
 from bridge.metrics.listen import parse_listen
-from bridge.timespec import parse_time
+from bridge.timespec import parse_duration, parse_time
 from protocol.management import ManagementClient, ManagementError
 
 Mode = Literal["move", "tap", "snapshot"]
@@ -50,6 +51,7 @@ class ArchiveSettings:
     write_quorum: int | None = None  # sinks that must hold a segment before it counts; None: all
     compact: bool = True  # merge the segments of each sealed hour of its sources (compaction.py)
     compact_max_bytes: int = 64 * 1024 * 1024
+    retention_ns: int | None = None  # sealed hours older than this are removed (retention.py); None: kept
     metrics_listen: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz; None: not served
     discovery_interval: float = 30.0  # seconds between looks for queues matching a src-queue-pattern
     leases: bool = True  # each source archived by the one archiver holding its lease (lease.py)
@@ -329,6 +331,19 @@ def _broker(t: _Table) -> BrokerConfig:
     return BrokerConfig(uri, management, stream)
 
 
+def _retention(t: _Table) -> int | None:
+    text = t.take("retention", str, None, 'an age such as "90d"')
+    if text is None:
+        return None
+    try:
+        ns = parse_duration(text, what="retention")
+    except ConfigError as err:
+        raise t.fail("retention", 'expected an age such as "90d", "12h" or "2w"') from err
+    if ns < MIN_RETENTION_NS:
+        raise t.fail("retention", "expected at least 2h: younger hours may still be written")
+    return ns
+
+
 def _archive(t: _Table) -> ArchiveSettings:
     sinks = t.take("sinks", list, list(ArchiveSettings.sinks), "a list of sink URIs")
     if not sinks or not all(isinstance(s, str) and s for s in sinks):
@@ -343,6 +358,7 @@ def _archive(t: _Table) -> ArchiveSettings:
         write_quorum=_write_quorum(t, len(sinks)),
         compact=t.take("compact", bool, ArchiveSettings.compact),
         compact_max_bytes=t.positive("compact-max-bytes", ArchiveSettings.compact_max_bytes, integer=True),
+        retention_ns=_retention(t),
         metrics_listen=_metrics_listen(t),
         discovery_interval=t.positive("discovery-interval", ArchiveSettings.discovery_interval),
         leases=t.take("leases", bool, ArchiveSettings.leases),

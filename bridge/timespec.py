@@ -39,6 +39,17 @@ def parse_time(text: str, *, now_ns: int | None = None, what: str = "time") -> i
     return (parsed - EPOCH) // dt.timedelta(microseconds=1) * 1000  # exact: no float on the way
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)$")
+
+
+def parse_duration(text: str, *, what: str = "duration") -> int:
+    """Nanoseconds of `90d`, `12h`, `30m`, `2w`."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ConfigError(f"{what} {text!r}: expected a number and a unit (s, m, h, d, w), such as 90d")
+    return int(float(m[1]) * _UNIT_SECONDS[m[2]] * 1_000_000_000)
+
+
 def format_span(first_ns: int | None, last_ns: int | None) -> str:
     """`first .. last` in RFC 3339, or `-` when there is nothing between them."""
     if first_ns is None or last_ns is None:

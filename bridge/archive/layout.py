@@ -30,6 +30,7 @@ from bridge.archive.record import Source, SourceKind
 from bridge.archive.segment import segment_name, seq_range_from_name
 
 CHECKPOINT = "_checkpoint"
+PRUNED = "_pruned"  # what retention removed (pruned.py)
 SOURCE_OBJECT = "_source"
 DEFINITIONS = "_definitions"
 DEFINITIONS_SUFFIX = ".json.zst"
@@ -132,6 +133,10 @@ def segment_key(prefix: str, source: Source, first_seq: int, first_captured_ns: 
 
 def checkpoint_key(prefix: str, source: Source) -> str:
     return source_prefix(prefix, source) + CHECKPOINT
+
+
+def pruned_key(prefix: str, source: Source) -> str:
+    return source_prefix(prefix, source) + PRUNED
 
 
 def source_object_key(prefix: str, source: Source) -> str:

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from bridge.archive.checkpoint import read_checkpoint
+from bridge.archive.pruned import read_pruned
 from bridge.archive.reader import list_segments, read_index
 from bridge.archive.record import Source
 from sinks import Sink
@@ -30,6 +31,9 @@ async def find_archive_end(sink: Sink, prefix: str, source: Source, *, keep: int
     checkpoint = await read_checkpoint(sink, prefix, source)
     last_seq = checkpoint.last_seq if checkpoint else 0
     last_offset = checkpoint.last_offset if checkpoint else None
+    pruned = await read_pruned(sink, prefix, source)
+    if pruned is not None and pruned.through_seq > last_seq:
+        last_seq = pruned.through_seq  # retention removed through here: never numbered again, no gap after it
     kept: list[str] = []
     for seg in await list_segments(sink, prefix, source):
         if seg.first_seq <= last_seq:

@@ -22,6 +22,7 @@ from bridge.archiver.definitions import DefinitionsRecorder
 from bridge.archiver.discovery import Discovery, source_key
 from bridge.archiver.lease import Share
 from bridge.archiver.queue_source import QueueSource
+from bridge.archiver.retention import prune
 from bridge.archiver.status import SourceStates
 from bridge.archiver.stream_source import StreamSource
 from bridge.archiver.supervision import StartupGate, supervise
@@ -216,7 +217,8 @@ async def _run_sources(
         helpers.append(
             asyncio.create_task(poll_backlog(config.broker.management_uri, running, metrics.backlog, stopping))
         )
-    if config.archive.compact and with_definitions:  # not in a snapshot run: it is over in moments
+    upkeep = config.archive.compact or config.archive.retention_ns is not None
+    if upkeep and with_definitions:  # not in a snapshot run: it is over in moments
         helpers.append(asyncio.create_task(_compact_sealed_hours(sink, running, config.archive, stopping)))
     if with_definitions and config.archive.definitions_interval > 0:
         recorder = DefinitionsRecorder(
@@ -367,14 +369,25 @@ class SourcesFailed(WarrenError):
 async def _compact_sealed_hours(
     sink: Sink, running: list[QueueSource | StreamSource], settings: ArchiveSettings, stopping: asyncio.Event
 ) -> None:
-    """Every COMPACT_EVERY seconds, compact the sealed hours of this archiver's own sources."""
+    """Every COMPACT_EVERY seconds, compact the sealed hours of this archiver's own sources, and remove
+    those older than the retention, if one is set."""
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), COMPACT_EVERY)
         if stopping.is_set():
             return
+        sources = [s.writer.source for s in running]
+        if settings.retention_ns is not None:
+            try:
+                pruned = await prune(sink, settings.retention_ns, sources=sources, dry_run=False)
+            except (SinkError, WarrenError) as err:  # it tries again next time; archiving goes on
+                log.warning("retention failed", extra={"error": str(err)})
+            else:
+                for line in pruned.lines() if pruned.sources else []:
+                    log.info("retention", extra={"summary": line})
+        if not settings.compact:
+            continue
         try:
-            sources = [s.writer.source for s in running]
             report = await compact(sink, sources=sources, max_bytes=settings.compact_max_bytes)
         except (SinkError, WarrenError, ValueError) as err:  # it tries again next time; archiving goes on
             log.warning("compaction failed", extra={"error": str(err)})
