@@ -9,6 +9,7 @@ import os
 from bridge.archive.clocks import BY_HELP, Clock
 from bridge.errors import EXIT_OK, ConfigError
 from bridge.replay import topology
+from bridge.replay.dead_letters import parse_reasons
 from bridge.replay.pacing import parse_pace
 from bridge.replay.service import ReplayOptions
 from bridge.timespec import parse_time
@@ -25,7 +26,9 @@ EXAMPLES = (
     "                --at 2026-11-23T03:00:00Z --definitions --state replay.state\n"
     "  warren replay --archive s3://bucket/warren --target amqp://...@broker-b/%2F --follow --since -10m\n"
     "  warren replay --archive file:///var/lib/warren --target amqp://... --source orders --dry-run\n"
-    "  warren replay --archive file:///var/lib/warren --target amqp://... --since -1h --until -30m --pace original"
+    "  warren replay --archive file:///var/lib/warren --target amqp://... --since -1h --until -30m --pace original\n"
+    "  warren replay --archive file:///var/lib/warren --target amqp://... --source orders.dlq --to-origin \\\n"
+    "                --death-reason rejected --strip-death"
 )
 
 
@@ -66,6 +69,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--map-{kind}", metavar="A=B", action="append", default=[], help=f"replay {kind} A as {kind} B"
         )
+    parser.add_argument(
+        "--to-origin",
+        action="store_true",
+        help="undo dead-lettering: send each record of a dead-letter queue back to the queue it first died in "
+        "(its x-first-death-queue / x-death), through the default exchange",
+    )
+    parser.add_argument(
+        "--death-reason",
+        metavar="REASON",
+        action="append",
+        default=[],
+        help="with --to-origin: only messages that died for this (rejected, expired, maxlen, delivery_limit)",
+    )
+    parser.add_argument(
+        "--strip-death",
+        action="store_true",
+        help="with --to-origin: without x-death and the x-first/last-death headers",
+    )
     parser.add_argument(
         "--keep-duplicates",
         action="store_true",
@@ -140,6 +161,12 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
         missing = "--archive" if not args.archive else "--target"
         variable = ARCHIVE_VARIABLE if not args.archive else TARGET_VARIABLE
         raise ConfigError(f"give {missing} (or set {variable} in the environment)")
+    if (args.death_reason or args.strip_death) and not args.to_origin:
+        raise ConfigError("--death-reason and --strip-death go with --to-origin")
+    if args.to_origin and args.via_exchange:
+        raise ConfigError(
+            "--to-origin sends each message to the queue it died in; --via-exchange to where it was first sent"
+        )
     until = args.at or args.until
     if args.follow and until:
         raise ConfigError("--follow replays what the archiver commits next: it takes --since, not --at or --until")
@@ -165,6 +192,9 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
         stream_filter_from=_filter_source(args.stream_filter_from),
         rate=args.rate,
         pace=parse_pace(args.pace) if args.pace else None,
+        to_origin=args.to_origin,
+        death_reasons=parse_reasons(args.death_reason),
+        strip_death=args.strip_death,
         state=args.state,
         dry_run=args.dry_run,
         follow=args.follow,

@@ -19,6 +19,9 @@ class SourceOutcome:
     superseded: int = 0  # snapshot records of other snapshots than the one restored
     already_confirmed: int = 0  # archive sequence up to which the state file says the target has everything
     in_doubt: int = 0  # published but unconfirmed when a previous run stopped: may now be duplicated
+    sent_back: dict[str, int] = field(default_factory=dict)  # --to-origin: records per origin queue
+    not_dead_lettered: int = 0  # --to-origin: records without a death to undo, passed over
+    other_reasons: int = 0  # --to-origin --death-reason: records that died for another reason, passed over
     first_ns: int | None = None
     last_ns: int | None = None
     corrupt: list[str] = field(default_factory=list)
@@ -46,6 +49,12 @@ class SourceOutcome:
             text += f"; sequences up to {self.already_confirmed} were already confirmed by an earlier run"
         if self.in_doubt:
             text += f"; {self.in_doubt} were in doubt from the interrupted run and were published again"
+        if self.sent_back:
+            text += "; sent back to " + ", ".join(f"{q!r}: {n}" for q, n in sorted(self.sent_back.items()))
+        if self.not_dead_lettered:
+            text += f"; {self.not_dead_lettered} never dead-lettered, passed over"
+        if self.other_reasons:
+            text += f"; {self.other_reasons} dead-lettered for other reasons, passed over"
         for c in self.corrupt:
             text += f"\n       skipped corrupt segment {c}"
         if self.error:

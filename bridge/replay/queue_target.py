@@ -15,6 +15,7 @@ from bridge.archive.layout import SegmentKey
 from bridge.archive.record import Record, RecordKind
 from bridge.errors import WarrenError
 from bridge.replay.confirms import ConfirmWindow
+from bridge.replay.dead_letters import Origins
 from bridge.replay.outcome import SourceOutcome
 from bridge.replay.pacing import RateLimit
 from bridge.replay.state import SourceProgress
@@ -41,6 +42,7 @@ class QueueRoute:
     queue: str  # the target queue (after --map-queue)
     via_exchange: bool = False
     exchange_map: dict[str, str] | None = None
+    to_origin: Origins | None = None  # --to-origin: each dead-lettered record back where it died
 
     def address(self, record: Record) -> tuple[str, str]:
         if not self.via_exchange:
@@ -100,6 +102,15 @@ async def replay_queue(
                 outcome.skipped_duplicates += 1  # the archiver proved it a copy of an earlier record
                 window.passed_over(channel.published_seq, record.seq)
                 continue
+            if route.to_origin is not None:
+                sent_back = route.to_origin.route(record, outcome)
+                if sent_back is None:
+                    window.passed_over(channel.published_seq, record.seq)
+                    continue
+                (exchange, routing_key), raw_properties = sent_back
+            else:
+                exchange, routing_key = route.address(record)
+                raw_properties = record.raw_properties
             outcome.possible_duplicates += record.possible_copy_of is not None
             if rate is not None:
                 await rate.take()
@@ -107,8 +118,6 @@ async def replay_queue(
                 # Written ahead: a rerun knows that nothing past this mark can have reached the target.
                 progress.published_seq = record.seq + confirm_window
                 save_state(True)
-            exchange, routing_key = route.address(record)
-            raw_properties = record.raw_properties
             if not keep_delivery_count:  # the source broker's count would make a restored message look like poison
                 raw_properties = without_delivery_count(raw_properties)
             seq = await channel.publish(

@@ -25,6 +25,7 @@ from bridge.metrics.endpoint import MetricsEndpoint
 from bridge.metrics.listen import parse_listen
 from bridge.metrics.replay import ReplayMetrics
 from bridge.replay import topology
+from bridge.replay.dead_letters import Origins
 from bridge.replay.outcome import SourceOutcome
 from bridge.replay.pacing import Pace, RateLimit
 from bridge.replay.progress import Progress, ReplayStatus
@@ -69,6 +70,9 @@ class ReplayOptions:
     stream_filter_from: FilterValueSource | None = None
     rate: float | None = None
     by: Clock | None = None  # --by: which of a record's times the window reads (clocks.py)
+    to_origin: bool = False  # --to-origin: dead-lettered records back to the queues they died in
+    death_reasons: tuple[str, ...] = ()  # --death-reason: only deaths for these
+    strip_death: bool = False  # --strip-death: without their death history
     pace: float | None = None  # --pace: the original gaps between messages, divided by this; None: at once
     state: str | None = None
     dry_run: bool = False
@@ -238,6 +242,7 @@ async def _replay_source(
     if source.kind is SourceKind.QUEUE:
         target_name = options.remap.queue(source.name)
         where = f"queue {target_name!r}" if not options.via_exchange else "its original exchanges"
+        where = "the queues its messages died in" if options.to_origin else where
     else:
         target_name = source.name
         where = f"stream {target_name!r}"
@@ -253,8 +258,15 @@ async def _replay_source(
     records = _records(sink, plan, options, start_after, stopping, progress)
     try:
         if source.kind is SourceKind.QUEUE:
+            origins = (
+                Origins(options.remap.queue, options.death_reasons, options.strip_death) if options.to_origin else None
+            )
             route = QueueRoute(
-                with_vhost(options.target, vhost), target_name, options.via_exchange, dict(options.remap.exchanges)
+                with_vhost(options.target, vhost),
+                target_name,
+                options.via_exchange,
+                dict(options.remap.exchanges),
+                to_origin=origins,
             )
             await replay_queue(
                 records,
@@ -267,6 +279,8 @@ async def _replay_source(
                 on_progress=progress.add,
                 keep_delivery_count=options.keep_delivery_count,
             )
+        elif options.to_origin:
+            outcome.error = "--to-origin sends dead-lettered queue messages back; a stream holds none"
         else:
             stream_uri = (
                 with_credentials_of(options.target_stream_uri, options.target)
