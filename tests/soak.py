@@ -29,8 +29,9 @@ SLOW_FAULTS = {
     "broker kill -9 and restart": 5,
     "network stall past heartbeats": 5,
     "quorum queue leader kill -9": 5,
-    "source memory alarm": 10,
-    "local sink disk full": 10,
+    "source memory alarm": 5,
+    "local sink disk full": 5,
+    "replay --follow kill -9": 10,
 }
 NEEDS_ROOT = {"local sink disk full"}  # mounts a tmpfs
 

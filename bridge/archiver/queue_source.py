@@ -26,7 +26,7 @@ from bridge.archiver.copies import CopyMatcher, InDoubt, read_in_doubt
 from bridge.archiver.lease import Lease
 from bridge.archiver.snapshot_guard import check_snapshot_safe
 from bridge.archiver.tap import prepare_tap
-from bridge.archiver.witness import Acknowledger, WitnessUnavailable, read_witness, witness_queue
+from bridge.archiver.witness import Acknowledger, WitnessUnavailable, read_witness, witness_queue, write_baseline
 from bridge.archiver.writer import Durable, WriterFactory
 from bridge.config import QueueSourceConfig
 from protocol import Connection, connect
@@ -256,6 +256,9 @@ class QueueSource:
         acked_through: int | None = None
         try:
             acked_through = await read_witness(conn, witness_queue(queue))
+            if acked_through is None and self.writer.committed_seq == 0 and exclusive:
+                await write_baseline(conn, witness_queue(queue))  # nothing archived: nothing acknowledged
+                acked_through = 0
         except WitnessUnavailable as err:
             if not self._witness_warned:
                 log.warning(

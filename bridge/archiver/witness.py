@@ -73,6 +73,23 @@ async def read_witness(conn: Connection, queue: str) -> int | None:
             await channel.close()
 
 
+async def write_baseline(conn: Connection, queue: str) -> None:
+    """Before a source's first acknowledgement ever (its archive holds nothing yet): a witness saying
+    nothing is acknowledged, confirmed by the broker before consuming starts (so before any transaction
+    of the session). A session that then ends before its first transaction commits finds it, and proves
+    the copies the broker delivers again, where an empty witness queue would prove nothing."""
+    channel = await conn.channel()
+    try:
+        await channel.confirm_select(window=1)
+        await channel.publish("", queue, encode_witness(0))
+        await channel.wait_for_confirms()
+    except ChannelClosedByBroker as err:
+        raise WitnessUnavailable(str(err)) from err
+    finally:
+        with contextlib.suppress(ProtocolError):
+            await channel.close()
+
+
 class Acknowledger:
     """Acknowledges a consuming channel's deliveries strictly in order, each time through the newest
     tag handed to `through()`; with a witness queue, in a transaction with the witness message, one
