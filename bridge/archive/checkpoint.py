@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from bridge.archive import layout
 from bridge.archive.record import Source
-from bridge.errors import ArchiveCorrupt
-from sinks import ObjectNotFound, Sink
+from bridge.archive.small_object import decode_object, encode_object, read_object
+from sinks import Sink
 
 
 @dataclass(frozen=True)
@@ -26,9 +24,8 @@ class Checkpoint:
     written_ns: int
 
     def encode(self) -> bytes:
-        return msgpack.packb(
+        return encode_object(
             {
-                "format": 1,
                 "last_seq": self.last_seq,
                 "last_offset": self.last_offset,
                 "last_segment": self.last_segment,
@@ -39,21 +36,15 @@ class Checkpoint:
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> Checkpoint:
-        try:
-            m: dict[str, Any] = msgpack.unpackb(data, raw=False)
-            if m.get("format") != 1:
-                raise ValueError(f"unsupported checkpoint format {m.get('format')!r}")
-            return cls(m["last_seq"], m["last_offset"], m["last_segment"], m["last_captured_ns"], m["written_ns"])
-        except (KeyError, TypeError, ValueError, AttributeError, msgpack.UnpackException) as err:
-            raise ArchiveCorrupt(f"checkpoint is unreadable: {err}", segment=key) from err
+        return decode_object(data, key, "checkpoint", cls._from_map)
+
+    @classmethod
+    def _from_map(cls, m: dict[str, Any]) -> Checkpoint:
+        return cls(m["last_seq"], m["last_offset"], m["last_segment"], m["last_captured_ns"], m["written_ns"])
 
 
 async def read_checkpoint(sink: Sink, prefix: str, source: Source) -> Checkpoint | None:
-    key = layout.checkpoint_key(prefix, source)
-    try:
-        return Checkpoint.decode(await sink.get(key), key)
-    except ObjectNotFound:
-        return None
+    return await read_object(sink, layout.checkpoint_key(prefix, source), "checkpoint", Checkpoint._from_map)
 
 
 async def write_checkpoint(sink: Sink, prefix: str, source: Source, checkpoint: Checkpoint) -> None:

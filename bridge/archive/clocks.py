@@ -33,6 +33,9 @@ class Clock(enum.StrEnum):
     BROKER = "broker"
 
 
+CLOCKS = [str(c) for c in Clock]  # the choices of --by
+
+
 def record_time(record: Record, clock: Clock | None) -> int:
     """The record's time in UTC nanoseconds by `clock` (None: `Record.time_ns`), else its capture time."""
     if clock is None:

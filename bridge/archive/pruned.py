@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from bridge.archive import layout
 from bridge.archive.record import Source
-from bridge.errors import ArchiveCorrupt
-from sinks import ObjectNotFound, Sink
+from bridge.archive.small_object import encode_object, read_object
+from sinks import Sink
 
 # The shortest retention: a younger cut would race the writer's last uploads and compaction (whose hours
 # are sealed 15 minutes after they end).
@@ -30,27 +28,17 @@ class PrunedMark:
     written_ns: int
 
     def encode(self) -> bytes:
-        return msgpack.packb(
-            {"format": 1, "through_seq": self.through_seq, "before_ns": self.before_ns, "written_ns": self.written_ns}
+        return encode_object(
+            {"through_seq": self.through_seq, "before_ns": self.before_ns, "written_ns": self.written_ns}
         )
 
     @classmethod
-    def decode(cls, data: bytes, key: str) -> PrunedMark:
-        try:
-            m: dict[str, Any] = msgpack.unpackb(data, raw=False)
-            if m.get("format") != 1:
-                raise ValueError(f"unsupported format {m.get('format')!r}")
-            return cls(int(m["through_seq"]), int(m["before_ns"]), int(m["written_ns"]))
-        except (KeyError, TypeError, ValueError, AttributeError, msgpack.UnpackException) as err:
-            raise ArchiveCorrupt(f"retention mark is unreadable: {err}", segment=key) from err
+    def from_map(cls, m: dict[str, Any]) -> PrunedMark:
+        return cls(int(m["through_seq"]), int(m["before_ns"]), int(m["written_ns"]))
 
 
 async def read_pruned(sink: Sink, prefix: str, source: Source) -> PrunedMark | None:
-    key = layout.pruned_key(prefix, source)
-    try:
-        return PrunedMark.decode(await sink.get(key), key)
-    except ObjectNotFound:
-        return None
+    return await read_object(sink, layout.pruned_key(prefix, source), "retention mark", PrunedMark.from_map)
 
 
 async def write_pruned(sink: Sink, prefix: str, source: Source, mark: PrunedMark) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.archive.clocks import BY_HELP, Clock
+from bridge.archive.clocks import BY_HELP, CLOCKS, Clock
 from bridge.archive.layout import SegmentKey
 from bridge.archive.reader import TimeRange, list_segments, read_index, read_records
 from bridge.archive.record import Record, RecordKind, Source, SourceKind
@@ -264,11 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vhost", metavar="VHOST", help="only sources in this vhost")
     parser.add_argument("--since", metavar="T", help="records at or after T (RFC 3339, or relative: -15m, -2h)")
     parser.add_argument("--until", metavar="T", help="records at or before T")
-    parser.add_argument(
-        "--by",
-        choices=[str(c) for c in Clock],
-        help=BY_HELP,
-    )
+    parser.add_argument("--by", choices=CLOCKS, help=BY_HELP)
     parser.add_argument("--limit", metavar="N", type=int, help="stop after N matching records")
     parser.add_argument(
         "--where",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from bridge.archive.clocks import BY_HELP, Clock
+from bridge.archive.clocks import BY_HELP, CLOCKS, Clock
 from bridge.errors import EXIT_OK, ConfigError
 from bridge.replay import topology
 from bridge.replay.dead_letters import parse_reasons
@@ -52,11 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     when.add_argument("--at", metavar="T", help="every message captured at or before T (RFC 3339, or -15m)")
     when.add_argument("--since", metavar="T", help="window start (with or without --until)")
     parser.add_argument("--until", metavar="T", help="window end")
-    parser.add_argument(
-        "--by",
-        choices=[str(c) for c in Clock],
-        help=BY_HELP,
-    )
+    parser.add_argument("--by", choices=CLOCKS, help=BY_HELP)
     parser.add_argument("--source", metavar="NAME", action="append", default=[], help="only this queue or stream")
     parser.add_argument("--definitions", action="store_true", help="first restore the topology saved before T")
     parser.add_argument("--with-users", action="store_true", help="with --definitions: users and permissions too")
