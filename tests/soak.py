@@ -1,7 +1,7 @@
 """`make soak`: the zero-loss scenarios (tests/integration/zero_loss.py) run long, on each RabbitMQ
 version, the archive on the local sink and on S3 (moto), and the table they make:
 
-    python tests/soak.py [--rabbitmq 3.10 --rabbitmq 4.0] [--injections 20] [--seed N]
+    python tests/soak.py [--rabbitmq 3.10 --rabbitmq 4.0] [--injections 20] [--seed N] [--fault NAME ...]
 
 Bounded: some 13 minutes a version with the defaults. Exit code 1 if any row lost a message, or
 replayed one twice that neither the archive had flagged nor a killed replay had in doubt.
@@ -32,11 +32,12 @@ SLOW_FAULTS = {
     "source memory alarm": 5,
     "local sink disk full": 5,
     "replay --follow kill -9": 10,
+    "sink network cut or stalled (S3)": 10,
 }
 NEEDS_ROOT = {"local sink disk full"}  # mounts a tmpfs
 
 
-def soak(version: str, injections: int, seed: int, workdir: Path) -> list[Tally]:
+def soak(version: str, injections: int, seed: int, workdir: Path, faults: list[str] | None = None) -> list[Tally]:
     rows: list[Tally] = []
     (workdir / "moto").mkdir()
     moto = MotoServer(workdir / "moto").start()
@@ -45,6 +46,7 @@ def soak(version: str, injections: int, seed: int, workdir: Path) -> list[Tally]
             (name, None) for name in SCENARIOS if name not in NEEDS_ROOT or os.geteuid() == 0
         ]
         plans.insert(1, ("archiver kill -9", "s3"))
+        plans = [plan for plan in plans if faults is None or plan[0] in faults]
         for n, (name, sink) in enumerate(plans):
             scenario = SCENARIOS[name]
             count = min(injections, SLOW_FAULTS.get(name, injections))
@@ -57,9 +59,18 @@ def soak(version: str, injections: int, seed: int, workdir: Path) -> list[Tally]
                 uri = sink_uri(moto.endpoint, moto.create_bucket()) if sink == "s3" else None
                 started = time.monotonic()
                 row = run_scenario(
-                    scenario, node, target, run_dir, injections=count, seed=seed + n, sink=uri, cluster=cluster or None
+                    scenario,
+                    node,
+                    target,
+                    run_dir,
+                    injections=count,
+                    seed=seed + n,
+                    sink=uri,
+                    cluster=cluster or None,
+                    s3=moto,
                 )
-                row.fault += " (S3)" if sink == "s3" else " (local)"
+                if not scenario.sink_proxy:
+                    row.fault += " (S3)" if sink == "s3" else " (local)"
                 rows.append(row)
                 print(table([row]), f"\n  {time.monotonic() - started:.0f}s, seed {seed + n}", flush=True)
             finally:
@@ -75,6 +86,7 @@ def main() -> int:
     parser.add_argument("--rabbitmq", action="append", choices=sorted(INSTALLS), help="default: every version")
     parser.add_argument("--injections", type=int, default=20)
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    parser.add_argument("--fault", action="append", choices=sorted(SCENARIOS), help="only these (default: every one)")
     args = parser.parse_args()
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # the producer's reconnects are expected here
     os.environ.update(CREDENTIALS)
@@ -82,7 +94,7 @@ def main() -> int:
     failed = False
     for version in args.rabbitmq or sorted(INSTALLS):
         with tempfile.TemporaryDirectory(prefix="warren-soak-") as workdir:
-            rows = soak(version, args.injections, args.seed, Path(workdir))
+            rows = soak(version, args.injections, args.seed, Path(workdir), args.fault)
         print("\n" + table(rows, title=f"RabbitMQ {version}, seed {args.seed}") + "\n", flush=True)
         failed |= not all(row.holds for row in rows)
     return 1 if failed else 0

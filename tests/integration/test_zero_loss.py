@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.integration import test_sink_faults
 from tests.integration.zero_loss import SCENARIOS, run_scenario, start_cluster, table
 
 pytestmark = pytest.mark.slow
@@ -22,12 +23,16 @@ INJECTIONS = {
     "source memory alarm": 1,
     "local sink disk full": 1,
     "replay --follow kill -9": 2,
+    "sink network cut or stalled (S3)": 2,
     "replay target blocked (memory alarm)": 2,
 }
 
 
+moto = test_sink_faults.moto  # a moto S3 server of the test's own, test credentials in the environment
+
+
 @pytest.mark.parametrize("name", list(INJECTIONS))
-def test_nothing_confirmed_is_lost_or_doubled_through(name, fresh_broker, rabbitmq, tmp_path):
+def test_nothing_confirmed_is_lost_or_doubled_through(name, fresh_broker, rabbitmq, tmp_path, request):
     seed = int(os.environ.get("WARREN_TEST_SEED", time.time_ns() % 1_000_000))
     scenario = SCENARIOS[name]
     if scenario.small_disk and os.geteuid() != 0:
@@ -35,7 +40,10 @@ def test_nothing_confirmed_is_lost_or_doubled_through(name, fresh_broker, rabbit
     cluster = start_cluster(tmp_path / "cluster", rabbitmq) if scenario.cluster else None
     try:
         node, target = cluster[0] if cluster else fresh_broker(), fresh_broker()
-        row = run_scenario(scenario, node, target, tmp_path, injections=INJECTIONS[name], seed=seed, cluster=cluster)
+        s3 = request.getfixturevalue("moto") if scenario.sink_proxy else None
+        row = run_scenario(
+            scenario, node, target, tmp_path, injections=INJECTIONS[name], seed=seed, cluster=cluster, s3=s3
+        )
     finally:
         for member in cluster or []:
             member.destroy()

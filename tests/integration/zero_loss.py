@@ -30,6 +30,7 @@ from bridge.harness.nodes import LocalNode, RabbitMQInstall
 from bridge.harness.proxy import FaultProxy
 from protocol.loop import run
 from sinks import open_sink
+from sinks.deadlines import Deadlines
 from tests.integration.archiving import (
     ArchiverProcess,
     Archivers,
@@ -40,6 +41,7 @@ from tests.integration.archiving import (
 )
 from tests.integration.replaying import Replayers, ReplayProcess, SummaryLine, read_state, replay, summary
 from tests.polling import wait_until
+from tests.sinks.emulators_s3 import MotoServer, sink_uri
 
 QUEUE = "zero-loss.orders"
 QUEUE_STATE_KEY = layout.source_prefix("", queue_source(QUEUE))  # the replay state file's key of QUEUE
@@ -175,6 +177,7 @@ class Scenario:
     via_proxy: bool = False
     cluster: bool = False  # the source is a quorum queue on a cluster of three nodes (run.cluster)
     small_disk: bool = False  # the local sink on a tmpfs of its own (SMALL_DISK; needs root)
+    sink_proxy: bool = False  # the archive on S3 (moto) behind a FaultProxy (run.sink_proxy)
     follow: bool = False  # `warren replay --follow --state` into the target while archiving (run.follower)
     # Injected during the final replay instead (run.injections times), given the target and the replay.
     during_replay: Callable[[Run, LocalNode, ReplayProcess], None] | None = None
@@ -189,6 +192,7 @@ class Run:
     args: list[str]
     proxy: FaultProxy | None = None
     cluster: list[LocalNode] = field(default_factory=list)
+    sink_proxy: FaultProxy | None = None
     archiver: ArchiverProcess | None = None
     follow_args: list[str] = field(default_factory=list)
     replayers: Replayers | None = None
@@ -233,6 +237,20 @@ def stall_network(run: Run) -> None:
     run.proxy.pause()
     time.sleep(HEARTBEAT * 3)
     run.proxy.resume()
+
+
+def cut_sink_network(run: Run) -> None:
+    """Between the archiver and S3: the connections cut (FIN or RST), or, one time in five, every
+    request stalled past the sink's deadline; uploads fail, are retried, and nothing is acknowledged
+    until a segment is durable."""
+    time.sleep(run.rng.uniform(0.2, 1.5))
+    assert run.sink_proxy is not None
+    if run.rng.random() < 0.2:
+        run.sink_proxy.pause()
+        time.sleep(Deadlines().stall + 3)
+        run.sink_proxy.resume()
+    else:
+        run.sink_proxy.cut(reset=run.rng.random() < 0.5)
 
 
 def memory_alarm(node: LocalNode, on: bool) -> None:
@@ -319,6 +337,7 @@ SCENARIOS = {
     "source memory alarm": Scenario("source memory alarm", source_memory_alarm),
     "local sink disk full": Scenario("local sink disk full", fill_disk, small_disk=True),
     "replay --follow kill -9": Scenario("replay --follow kill -9", kill_follower, follow=True),
+    "sink network cut or stalled (S3)": Scenario("sink network cut or stalled (S3)", cut_sink_network, sink_proxy=True),
     "replay target blocked (memory alarm)": Scenario(
         "replay target blocked (memory alarm)", None, during_replay=block_target
     ),
@@ -357,14 +376,23 @@ def run_scenario(
     seed: int,
     sink: str | None = None,
     cluster: list[LocalNode] | None = None,
+    s3: MotoServer | None = None,
 ) -> Tally:
     """Archive through `injections` faults while producing, replay into `target`, and count. The
     archive goes to `sink` (any sink URI; a local directory in `workdir` by default, on a tmpfs of its
-    own for a disk-full scenario). With `cluster`, `node` is one of its nodes and the source a quorum
-    queue."""
+    own for a disk-full scenario, in a bucket of `s3` behind a proxy for a sink-network one). With
+    `cluster`, `node` is one of its nodes and the source a quorum queue."""
     with contextlib.ExitStack() as stack:
+        sink_proxy = None
         if scenario.small_disk:
             sink = str(stack.enter_context(small_disk(workdir / "disk")) / "archive")
+        if scenario.sink_proxy:
+            assert s3 is not None, "a sink-network scenario needs an S3 emulator"
+            bucket = s3.create_bucket()
+            sink_proxy = stack.enter_context(FaultProxy(("127.0.0.1", s3.port)))
+            sink = sink_uri(sink_proxy.endpoint, bucket)
+            direct = sink_uri(s3.endpoint, bucket)  # for reading the archive back, after the faults
+            return _run_scenario(scenario, node, target, workdir, injections, seed, sink, cluster, sink_proxy, direct)
         return _run_scenario(scenario, node, target, workdir, injections, seed, sink, cluster)
 
 
@@ -377,9 +405,12 @@ def _run_scenario(
     seed: int,
     sink: str | None,
     cluster: list[LocalNode] | None,
+    sink_proxy: FaultProxy | None = None,
+    read_back: str | None = None,
 ) -> Tally:
     rng = random.Random(seed)
     sink = sink or str(workdir / "archive")
+    read_back = read_back or sink
     with Witness(node.amqp_uri) as witness:
         witness.declare_queue(QUEUE, arguments={"x-queue-type": "quorum"} if cluster else None)
     with Witness(target.amqp_uri) as witness:
@@ -388,11 +419,11 @@ def _run_scenario(
     broker = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F?heartbeat={HEARTBEAT}" if proxy else node.amqp_uri
     args = ["--broker", broker, "--management-uri", node.management_uri, "--stream-uri", node.stream_uri]
     args += ["--queue", QUEUE, "--sink", sink, "--prefetch-count", "500"]
-    replay_args = ["--archive", sink, "--target", target.amqp_uri, "--source", QUEUE]
+    replay_args = ["--archive", read_back, "--target", target.amqp_uri, "--source", QUEUE]
     producer = Producer(node.amqp_uri)
     try:
         with Archivers(workdir) as archivers, Replayers(workdir) as replayers:
-            run = Run(node, archivers, sink, rng, args, proxy, cluster or [], replayers=replayers)
+            run = Run(node, archivers, sink, rng, args, proxy, cluster or [], sink_proxy, replayers=replayers)
             run.start_archiver()
             if scenario.follow:
                 run.state = workdir / "follow.state"
@@ -410,7 +441,7 @@ def _run_scenario(
             # below, as lost.
             with Witness(node.amqp_uri) as witness, contextlib.suppress(AssertionError):
                 wait_until(
-                    lambda: witness.depth(QUEUE) == 0 and records_in(sink) >= len(producer.confirmed),
+                    lambda: witness.depth(QUEUE) == 0 and records_in(read_back) >= len(producer.confirmed),
                     timeout=180,
                     what=f"{QUEUE} drained into the archive (seed {seed})",
                     every=0.5,
@@ -419,7 +450,7 @@ def _run_scenario(
             log = run.archiver.terminate()
             assert "Traceback" not in log
             if run.follower is not None:
-                follower, state, last = run.follower, run.state, records_in(sink)
+                follower, state, last = run.follower, run.state, records_in(read_back)
                 assert state is not None
                 with contextlib.suppress(AssertionError):  # what never comes is counted below, as lost
                     wait_until(
@@ -434,8 +465,8 @@ def _run_scenario(
         producer.stop()
         if proxy is not None:
             proxy.close()
-    assert_verifies(sink)  # type: ignore[arg-type]  # any sink URI
-    records = read_archive(sink, queue_source(QUEUE))  # type: ignore[arg-type]
+    assert_verifies(read_back)  # type: ignore[arg-type]  # any sink URI
+    records = read_archive(read_back, queue_source(QUEUE))  # type: ignore[arg-type]
     archived = [r.properties.message_id or "" for r in records if r.copy_of is None]
     flagged = sum(r.possible_copy_of is not None for r in records)
     if not scenario.follow:
