@@ -45,10 +45,12 @@ class Timeline:
     def _spread(self, counts: list[float], records: int, low: int, high: int) -> bool:
         """`records` spread evenly over [low, high] and one mean gap between records past it (each record
         stands for the time until the next), into the buckets that overlaps; False if only partly."""
+        whole = low >= self.start_ns and high <= self.end_ns - 1
         if records > 1:
             high += max(0, (high - low) // (records - 1) - 1)
+            if whole:
+                high = min(high, self.end_ns - 1)  # a block wholly in the window counts whole, in it
         span = high - low + 1
-        whole = low >= self.start_ns and high <= self.end_ns - 1
         low, high = max(low, self.start_ns), min(high, self.end_ns - 1)
         if high < low:
             return whole  # outside the window

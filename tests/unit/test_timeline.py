@@ -48,3 +48,9 @@ def test_a_window_counts_only_what_falls_inside_it():
 def test_an_empty_window_says_so():
     orders = [segment(ORDERS, 1, [T0])]
     assert "no record" in timeline(orders, since_ns=T0 + MINUTE, until_ns=T0 + 2 * MINUTE, width=10).render()
+
+
+def test_over_the_whole_archive_every_count_is_exact():
+    orders = [segment(ORDERS, 1, [T0 + i * 7 * 1_000_000_000 for i in range(50)], block_bytes=120)]
+    text = timeline(orders, since_ns=None, until_ns=None, width=17).render()
+    assert "|  50 records" in text and "~" not in text, text
