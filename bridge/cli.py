@@ -45,6 +45,7 @@ COMMANDS = {
     "sync": ("bridge.commands.sync", "copy what one archive lacks from another (migration, repair)"),
     "compact": ("bridge.commands.compact", "merge the small segments of every sealed hour into a few large ones"),
     "prune": ("bridge.commands.prune", "remove the sealed hours older than a retention (a dry run unless --apply)"),
+    "drill": ("bridge.commands.drill", "restore a recent window into a throwaway broker and check it, as a drill"),
     "demo": (
         "bridge.commands.demo",
         "run the main job on a sample, on a private broker, and print what was verified",

@@ -15,9 +15,8 @@ import datetime as dt
 import decimal
 import logging
 import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from bridge.commands.ls import list_archive, summarize
 from bridge.commands.verify import verify_uri
 from bridge.config import config_from_args
 from bridge.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
+from bridge.harness.scratch import Broker, private_broker
 from bridge.replay.service import ReplayOptions, run_replay
 from protocol import Message, connect
 from protocol.loop import run
@@ -105,31 +105,6 @@ def stream_messages(count: int, start: int = 0) -> list[Message]:
         Message.build(b"event %d" % i, {"message_id": f"evt-{i}", "headers": {"seq": i}}, routing_key=STREAM)
         for i in range(start, start + count)
     ]
-
-
-@dataclass
-class Broker:
-    amqp_uri: str
-    management_uri: str
-
-
-@contextlib.asynccontextmanager
-async def private_broker(label: str, given: Broker | None) -> AsyncIterator[Broker]:
-    """The given broker, or a private node started here and removed afterwards."""
-    if given is not None:
-        yield given
-        return
-    from bridge.harness.nodes import LocalNode, require_rabbitmq
-
-    require_rabbitmq()
-    root = Path(tempfile.mkdtemp(prefix=f"warren-demo-{label}-"))
-    node = LocalNode(root)
-    print(f"starting private RabbitMQ node {label} in {root} ...", flush=True)
-    await asyncio.to_thread(node.start)
-    try:
-        yield Broker(node.amqp_uri, node.management_uri)
-    finally:
-        await asyncio.to_thread(node.destroy)
 
 
 async def publish(uri: str, queue_messages: list[Message], stream_messages_: list[Message]) -> None:

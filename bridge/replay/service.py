@@ -100,7 +100,9 @@ class ReplayFailed(WarrenError):
         self.exit_code = exit_code
 
 
-async def run_replay(options: ReplayOptions) -> list[SourceOutcome]:
+async def run_replay(options: ReplayOptions, *, raise_on_failure: bool = True) -> list[SourceOutcome]:
+    """Replay as `options` say; prints each source's summary. A source that failed raises ReplayFailed
+    once all are done, unless `raise_on_failure` is False (the caller reads the outcomes)."""
     async with open_sink(options.archive) as sink:
         plans = await plan_sources(sink, options.sources, options.window)
         if not plans and not options.follow:
@@ -144,7 +146,7 @@ async def run_replay(options: ReplayOptions) -> list[SourceOutcome]:
     for outcome in outcomes:
         print(outcome.line())
     failed = [o for o in outcomes if o.error]
-    if failed:
+    if failed and raise_on_failure:
         code = 5 if any(o.error and o.error.startswith("corrupt:") for o in failed) else 3
         raise ReplayFailed(f"{len(failed)} of {len(outcomes)} sources failed; see the summary above", code)
     return outcomes
