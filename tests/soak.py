@@ -33,6 +33,7 @@ SLOW_FAULTS = {
     "local sink disk full": 5,
     "replay --follow kill -9": 10,
     "sink network cut or stalled (S3)": 10,
+    "network delayed (50-500 ms)": 10,
 }
 NEEDS_ROOT = {"local sink disk full"}  # mounts a tmpfs
 

@@ -9,6 +9,8 @@ import selectors
 import socket
 import struct
 import threading
+import time
+from collections import deque
 from types import TracebackType
 from typing import Self
 
@@ -40,6 +42,8 @@ class FaultProxy(ServingThread):
     are accepted and left waiting), as a store that stalls looks to its client; `resume()` forwards again,
     what waited included. `cut()` closes every connection through it at once, both sides (with
     `reset=True` as an RST, as a middlebox dropping state does); new connections are taken as before.
+    `delay` (seconds, 0 by default) holds every chunk that long before forwarding it, both ways, in order:
+    a slow or distant link.
     """
 
     def __init__(self, upstream: tuple[str, int]) -> None:
@@ -49,6 +53,7 @@ class FaultProxy(ServingThread):
         self.port = self._listener.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.forwarded = 0  # bytes, both ways
+        self.delay = 0.0
         self._forwarding = threading.Event()
         self._forwarding.set()
         self._stopping = threading.Event()
@@ -103,8 +108,27 @@ class FaultProxy(ServingThread):
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 drop(s)
 
+        held: deque[tuple[float, socket.socket, bytes]] = deque()  # (when due, to whom, what), in order
+
+        def forward(to: socket.socket, data: bytes) -> None:
+            try:
+                to.settimeout(10)
+                to.sendall(data)
+                to.setblocking(False)
+                self.forwarded += len(data)
+            except OSError:
+                drop(to)
+
+        def forward_due() -> None:
+            now = time.monotonic()
+            while held and held[0][0] <= now:
+                _, to, data = held.popleft()
+                if to in peers:  # not cut meanwhile
+                    forward(to, data)
+
         try:
             while not self._stopping.is_set():
+                forward_due()
                 if self._cut is not None:
                     cut_all(self._cut)
                     self._cut = None
@@ -115,7 +139,8 @@ class FaultProxy(ServingThread):
                 if not watched:
                     self._stopping.wait(0.05)
                     continue
-                for key, _ in selector.select(timeout=0.05):
+                wait = min(0.05, max(0.0, held[0][0] - time.monotonic())) if held else 0.05
+                for key, _ in selector.select(timeout=wait):
                     if key.fileobj is self._listener:
                         client, _ = self._listener.accept()
                         try:
@@ -142,13 +167,10 @@ class FaultProxy(ServingThread):
                     if not data:
                         drop(side)
                         continue
-                    try:
-                        peers[side].settimeout(10)
-                        peers[side].sendall(data)
-                        peers[side].setblocking(False)
-                        self.forwarded += len(data)
-                    except OSError:
-                        drop(side)
+                    if self.delay > 0 or held:  # behind what is held, never past it
+                        held.append((time.monotonic() + self.delay, peers[side], data))
+                    else:
+                        forward(peers[side], data)
         finally:
             for s in list(peers):
                 s.close()

@@ -125,10 +125,16 @@ class Interrupted:
 
 
 @pytest.fixture(scope="module")
-def interrupted_queue_replay(broker, target, tmp_path_factory) -> Interrupted:
-    workdir = tmp_path_factory.mktemp("interrupted-queue")
+def queue_archive(broker, tmp_path_factory) -> tuple[Path, str]:
+    """COUNT numbered messages of one queue, archived once for the module's replays."""
     queue = "faults.replay.queue"
-    sink = archive_messages(broker, workdir, "queue", queue)
+    return archive_messages(broker, tmp_path_factory.mktemp("queue-archive"), "queue", queue), queue
+
+
+@pytest.fixture(scope="module")
+def interrupted_queue_replay(queue_archive, target, tmp_path_factory) -> Interrupted:
+    workdir = tmp_path_factory.mktemp("interrupted-queue")
+    sink, queue = queue_archive
     declare(target.amqp_uri, lambda ch: (ch.queue_delete(queue), ch.queue_declare(queue, durable=True)))
     state = workdir / "replay.state"
     args = ["--archive", str(sink), "--target", target.amqp_uri, "--source", queue, "--state", str(state)]
@@ -169,6 +175,33 @@ def test_killed_queue_replay_duplicates_no_more_than_the_rerun_reports_in_doubt_
     in_doubt = interrupted_queue_replay.rerun.in_doubt
     assert duplicated <= in_doubt, f"{duplicated} duplicates, but the rerun reported {in_doubt} in doubt"
     assert duplicated <= CONFIRM_WINDOW, f"{duplicated} duplicates, more than the confirm window"
+
+
+def test_killed_queue_replay_rerun_without_state_starts_over_and_loses_nothing(queue_archive, target, tmp_path):
+    """Without --state a rerun cannot know what the target has: it replays the whole selection again,
+    so the target holds every message, those of the killed run twice."""
+    sink, queue = queue_archive
+    declare(target.amqp_uri, lambda ch: (ch.queue_delete(queue), ch.queue_declare(queue, durable=True)))
+    args = ["--archive", str(sink), "--target", target.amqp_uri, "--source", queue]
+    reached = seeded_rng().randrange(COUNT // 5, COUNT * 3 // 5)
+    with Replayers(tmp_path) as replayers, Witness(target.amqp_uri) as witness:
+        first = replayers.start(*args)
+        wait_until(
+            lambda: not first.running() or witness.depth(queue) >= reached,
+            timeout=120,
+            what=f"the replay to reach {reached} messages",
+            every=0.005,
+        )
+        assert first.running(), f"the replay ended before it could be interrupted:\n{first.describe()}"
+        first.kill()
+    rerun = replay(*args, timeout=240)
+    assert rerun.returncode == 0, output(rerun)
+    line = summary(rerun.stdout)[queue]
+    assert line.replayed == COUNT and line.in_doubt == 0, line.text
+    got = Counter(number_of(r.body) for r in drain_queue(target.amqp_uri, queue))
+    assert set(got) == set(range(COUNT)), f"{COUNT - len(set(got) & set(range(COUNT)))} messages lost"
+    first_run = sum(got.values()) - COUNT
+    assert first_run >= reached and all(got[n] == 2 for n in range(first_run))  # the killed run's prefix
 
 
 def test_killed_stream_replay_rerun_with_state_leaves_each_message_exactly_once(broker, target, tmp_path):

@@ -19,6 +19,7 @@ INJECTIONS = {
     "broker kill -9 and restart": 1,
     "network cut (FIN or RST)": 3,
     "network stall past heartbeats": 1,
+    "network delayed (50-500 ms)": 2,
     "quorum queue leader kill -9": 1,
     "source memory alarm": 1,
     "local sink disk full": 1,

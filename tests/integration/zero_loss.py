@@ -316,6 +316,16 @@ def block_target(run: Run, target: LocalNode, replaying: ReplayProcess) -> None:
     time.sleep(run.rng.uniform(0.05, 0.3))
 
 
+def delay_network(run: Run) -> None:
+    """Every byte between archiver and broker held 50 to 500 ms for a few seconds, both ways: a slow
+    link; acknowledgements and deliveries arrive late, in order."""
+    time.sleep(run.rng.uniform(0.2, 1.0))
+    assert run.proxy is not None
+    run.proxy.delay = run.rng.uniform(0.05, 0.5)
+    time.sleep(run.rng.uniform(1.0, 3.0))
+    run.proxy.delay = 0.0
+
+
 def kill_quorum_leader(run: Run) -> None:
     """kill -9 the node that leads the quorum queue (the archiver's own node, or another), then restart it."""
     time.sleep(run.rng.uniform(0.5, 2.0))
@@ -333,6 +343,7 @@ SCENARIOS = {
     "broker kill -9 and restart": Scenario("broker kill -9 and restart", kill_broker),
     "network cut (FIN or RST)": Scenario("network cut (FIN or RST)", cut_network, via_proxy=True),
     "network stall past heartbeats": Scenario("network stall past heartbeats", stall_network, via_proxy=True),
+    "network delayed (50-500 ms)": Scenario("network delayed (50-500 ms)", delay_network, via_proxy=True),
     "quorum queue leader kill -9": Scenario("quorum queue leader kill -9", kill_quorum_leader, cluster=True),
     "source memory alarm": Scenario("source memory alarm", source_memory_alarm),
     "local sink disk full": Scenario("local sink disk full", fill_disk, small_disk=True),
