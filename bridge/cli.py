@@ -8,7 +8,6 @@ import importlib
 import importlib.metadata
 import logging
 import sys
-import urllib.parse
 from collections.abc import Sequence
 
 from bridge import logs
@@ -112,34 +111,11 @@ def join_relative_times(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def passwords_in(argv: Sequence[str]) -> list[str]:
-    """The options of `argv` whose URI carries a password (for the warning; never the password)."""
-    found = []
-    for i, arg in enumerate(argv):
-        option, _, inline = arg.partition("=")
-        value = inline if arg.startswith("--") and inline else arg
-        if "://" not in value:
-            continue
-        try:
-            password = urllib.parse.urlsplit(value).password
-        except ValueError:
-            continue
-        if password:
-            found.append(option if value is inline else (argv[i - 1] if i > 0 else "an argument"))
-    return found
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     given = join_relative_times(sys.argv[1:] if argv is None else argv)
     args = build_parser(_command_in(given)).parse_args(given)
     logs.configure(args.log_level, args.log_format)
-    if exposed := passwords_in(given):
-        log.warning(
-            "a password on the command line is visible to every user of this host (ps, /proc, systemctl "
-            "status); give the URI in the environment ($WARREN_BROKER, $WARREN_REPLAY_TARGET) or in the "
-            "configuration file with ${VAR}",
-            extra={"options": ",".join(exposed)},
-        )
+    logs.warn_of_passwords_in(given)
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).from_args(args))
     except KeyboardInterrupt:

@@ -7,10 +7,40 @@ import logging
 import re
 import sys
 import time
+import urllib.parse
+from collections.abc import Sequence
 
 # user:password@ in any URI-looking text; the password part is replaced before a record is written
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s/]*)@")
 _RESERVED = set(vars(logging.makeLogRecord({})))
+
+
+def passwords_in(argv: Sequence[str]) -> list[str]:
+    """The options of `argv` whose URI carries a password (for the warning; never the password)."""
+    found = []
+    for i, arg in enumerate(argv):
+        option, _, inline = arg.partition("=")
+        value = inline if arg.startswith("--") and inline else arg
+        if "://" not in value:
+            continue
+        try:
+            password = urllib.parse.urlsplit(value).password
+        except ValueError:
+            continue
+        if password:
+            found.append(option if value is inline else (argv[i - 1] if i > 0 else "an argument"))
+    return found
+
+
+def warn_of_passwords_in(argv: Sequence[str]) -> None:
+    """One warning naming the command-line options that carry a password, which `ps` shows everyone."""
+    if exposed := passwords_in(argv):
+        logging.getLogger("warren").warning(
+            "a password on the command line is visible to every user of this host (ps, /proc, systemctl "
+            "status); give the URI in the environment ($WARREN_BROKER, $WARREN_REPLAY_TARGET) or in the "
+            "configuration file with ${VAR}",
+            extra={"options": ",".join(exposed)},
+        )
 
 
 def scrub(text: str) -> str:

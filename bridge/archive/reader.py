@@ -23,6 +23,7 @@ from bridge.archive.segment import (
     parse_index,
 )
 from bridge.archive.source_object import read_source_object
+from bridge.concurrency import at_most
 from bridge.errors import ArchiveCorrupt
 from sinks import ObjectNotFound, Sink
 
@@ -197,3 +198,11 @@ async def read_records(sink: Sink, segment: SegmentKey, window: TimeRange | None
     for record in iter_records(data, segment.key, **w.block_bounds):
         if w.holds(record):
             yield record
+
+
+FOOTERS_IN_FLIGHT = 16  # footers fetched at once: on object storage each is a round trip or two
+
+
+async def read_footers(sink: Sink) -> list[SegmentIndex]:
+    """Every segment's footer (`ls`, its timeline, `drill`), several requests at once."""
+    return await at_most(FOOTERS_IN_FLIGHT, [read_index(sink, seg) for seg in await list_segments(sink)])

@@ -16,13 +16,15 @@ import time
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from bridge.archive import layout
+from bridge.archive.definitions import saved_definitions
 from bridge.archive.layout import SegmentKey
 from bridge.archive.pruned import MIN_RETENTION_NS, PrunedMark, read_pruned, write_pruned
 from bridge.archive.reader import HOUR_NS, read_index
 from bridge.archive.record import Source
 from bridge.archiver.compaction import all_segment_keys
 from bridge.concurrency import at_most
+from bridge.errors import ConfigError
+from bridge.timespec import format_time
 from sinks import Sink
 
 log = logging.getLogger("warren.archiver")
@@ -78,7 +80,7 @@ async def prune(
 ) -> PruneReport:
     """Remove (or, dry, list) every sealed partition that ended more than `older_than_ns` ago."""
     if older_than_ns < MIN_RETENTION_NS:
-        raise ValueError("retention shorter than two hours would race the archiver's own uploads")
+        raise ConfigError("a retention shorter than 2h would race the archiver's own uploads")
     now = time.time_ns() if now_ns is None else now_ns
     cut = now - older_than_ns
     report = PruneReport(cut, dry_run)
@@ -121,25 +123,12 @@ async def _prune_source(
 
 
 async def _prune_definitions(sink: Sink, prefix: str, cut: int, dry_run: bool) -> int:
-    saved = sorted(
-        [info.key async for info in sink.list(layout.join(prefix, layout.DEFINITIONS) + "/")],
-        key=_saved_ns,
-    )
-    before = [key for key in saved if _saved_ns(key) < cut]
+    before = [key for saved, key in await saved_definitions(sink, prefix) if saved < cut]
     doomed = before[:-1]  # the newest before the cut describes the oldest records kept
     if not dry_run:
         await at_most(REQUESTS_IN_FLIGHT, [sink.delete(key) for key in doomed])
     return len(doomed)
 
 
-def _saved_ns(key: str) -> int:
-    name = key.rsplit("/", 1)[-1]
-    digits = name.removesuffix(layout.DEFINITIONS_SUFFIX)
-    return int(digits) if digits.isdigit() else 0
-
-
 def _hour(ns: int | None) -> str:
-    if ns is None:
-        return "-"
-    t = time.gmtime(ns // 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", t)
+    return "-" if ns is None else format_time(ns)

@@ -16,8 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bridge.archive.reader import TimeRange
+from bridge.archive.reader import TimeRange, read_footers
 from bridge.archive.record import Source, SourceKind, message_fingerprint, record_fingerprint
+from bridge.config import with_vhost
 from bridge.errors import EXIT_CHECK_FAILED, EXIT_OK, ArchiveCorrupt, ConfigError
 from bridge.harness.scratch import Broker, private_broker
 from bridge.replay.selection import plan_sources, records_after
@@ -120,9 +121,7 @@ async def expected_content(
 
 
 async def window_end(sink: Sink, names: list[str]) -> int | None:
-    from bridge.commands.ls import footers
-
-    ends = [i.max_time_ns for i in await footers(sink) if not names or i.source.name in names]
+    ends = [i.max_time_ns for i in await read_footers(sink) if not names or i.source.name in names]
     return max(ends, default=None)
 
 
@@ -173,7 +172,7 @@ async def drill(
             elif outcome is None or outcome.error:
                 result.problems.append(f"replay failed: {outcome.error if outcome else 'not replayed'}")
             elif source.kind is SourceKind.QUEUE:
-                got = await drained(_in_vhost(broker.amqp_uri, source.vhost), source.name)
+                got = await drained(with_vhost(broker.amqp_uri, source.vhost), source.name)
                 result.restored = sum(got.values())
                 if got != want:
                     missing, surplus = sum((want - got).values()), sum((got - want).values())
@@ -186,16 +185,10 @@ async def drill(
     return report
 
 
-def _in_vhost(amqp_uri: str, vhost: str) -> str:
-    from bridge.config import with_vhost
-
-    return with_vhost(amqp_uri, vhost)
-
-
 async def _declare(uri: str, expected: dict[Source, Counter[bytes]]) -> None:
     """Without saved definitions: each queue as a durable classic queue, each stream as a stream."""
     for source in expected:
-        conn = await connect(_in_vhost(uri, source.vhost), name="warren drill")
+        conn = await connect(with_vhost(uri, source.vhost), name="warren drill")
         try:
             channel = await conn.channel()
             arguments = {"x-queue-type": "stream"} if source.kind is SourceKind.STREAM else None

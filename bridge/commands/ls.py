@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bridge.archive.layout import SegmentKey
-from bridge.archive.reader import list_segments, read_index
+from bridge.archive.reader import read_footers
 from bridge.archive.record import Source
 from bridge.archive.segment import SegmentIndex
 from bridge.archive.timeline import DEFAULT_WIDTH, timeline
@@ -17,8 +15,6 @@ from bridge.errors import EXIT_OK, ConfigError
 from bridge.timespec import format_time, parse_time
 from protocol.loop import run
 from sinks import Sink, open_sink
-
-READ_AHEAD = 16  # footers fetched concurrently: remote sinks answer each in a round trip
 
 
 @dataclass
@@ -58,21 +54,9 @@ class SourceSummary:
         }
 
 
-async def footers(sink: Sink) -> list[SegmentIndex]:
-    """Every segment's footer, READ_AHEAD at a time."""
-    segments = await list_segments(sink)
-    limit = asyncio.Semaphore(READ_AHEAD)
-
-    async def index_of(seg: SegmentKey) -> SegmentIndex:
-        async with limit:
-            return await read_index(sink, seg)
-
-    return list(await asyncio.gather(*(index_of(seg) for seg in segments)))
-
-
 async def summarize(sink: Sink) -> list[SourceSummary]:
     summaries: dict[Source, SourceSummary] = {}
-    for index in await footers(sink):
+    for index in await read_footers(sink):
         summaries.setdefault(index.source, SourceSummary(index.source)).add(index)
     return sorted(summaries.values(), key=lambda s: s.source)
 
@@ -112,7 +96,7 @@ async def list_archive(uri: str, *, as_json: bool) -> str:
 
 async def draw_timeline(uri: str, *, since_ns: int | None, until_ns: int | None, width: int) -> str:
     async with open_sink(uri) as sink:
-        indexes = await footers(sink)
+        indexes = await read_footers(sink)
     return timeline(indexes, since_ns=since_ns, until_ns=until_ns, width=width).render()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from bridge.errors import EXIT_OK, ConfigError
+from bridge.errors import EXIT_OK
 from protocol.loop import run
 
 EXAMPLES = (
@@ -25,14 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> int:
-    from bridge.archive.pruned import MIN_RETENTION_NS
     from bridge.archiver.retention import prune
     from bridge.timespec import parse_duration
     from sinks import open_sink
 
     older_than = parse_duration(args.older_than, what="--older-than")
-    if older_than < MIN_RETENTION_NS:
-        raise ConfigError(f"--older-than {args.older_than}: at least 2h (younger hours may still be written)")
 
     async def go() -> list[str]:
         async with open_sink(args.archive) as sink:

@@ -67,8 +67,8 @@ class Origins:
     strip: bool = False  # without x-death and the x-first/last-death headers
     sent: Counter[str] = field(default_factory=Counter)
 
-    def route(self, record: Record, outcome: SourceOutcome) -> tuple[tuple[str, str], bytes] | None:
-        """(exchange, routing key) and the property section to publish with; None to pass the record over."""
+    def route(self, record: Record, outcome: SourceOutcome) -> tuple[str, str, bytes] | None:
+        """Exchange, routing key and the property section to publish with; None to pass the record over."""
         death = first_death(record.properties.headers)
         if death is None:
             outcome.not_dead_lettered += 1
@@ -83,4 +83,4 @@ class Origins:
         if self.strip:
             for name in DEATH_HEADERS:
                 raw = without_header(raw, name)
-        return ("", queue), raw
+        return "", queue, raw

@@ -44,11 +44,15 @@ class QueueRoute:
     exchange_map: dict[str, str] | None = None
     to_origin: Origins | None = None  # --to-origin: each dead-lettered record back where it died
 
-    def address(self, record: Record) -> tuple[str, str]:
+    def destination(self, record: Record, outcome: SourceOutcome) -> tuple[str, str, bytes] | None:
+        """Exchange, routing key and property section to publish `record` with; None to pass it over
+        (--to-origin: a record that never died, or died for another reason)."""
+        if self.to_origin is not None:
+            return self.to_origin.route(record, outcome)
         if not self.via_exchange:
-            return "", self.queue
+            return "", self.queue, record.raw_properties
         exchange = (self.exchange_map or {}).get(record.exchange, record.exchange)
-        return exchange, record.routing_key
+        return exchange, record.routing_key, record.raw_properties
 
 
 async def replay_queue(
@@ -102,15 +106,11 @@ async def replay_queue(
                 outcome.skipped_duplicates += 1  # the archiver proved it a copy of an earlier record
                 window.passed_over(channel.published_seq, record.seq)
                 continue
-            if route.to_origin is not None:
-                sent_back = route.to_origin.route(record, outcome)
-                if sent_back is None:
-                    window.passed_over(channel.published_seq, record.seq)
-                    continue
-                (exchange, routing_key), raw_properties = sent_back
-            else:
-                exchange, routing_key = route.address(record)
-                raw_properties = record.raw_properties
+            destination = route.destination(record, outcome)
+            if destination is None:
+                window.passed_over(channel.published_seq, record.seq)
+                continue
+            exchange, routing_key, raw_properties = destination
             outcome.possible_duplicates += record.possible_copy_of is not None
             if rate is not None:
                 await rate.take()

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.archive import layout
-from bridge.archive.definitions import decode_definitions
+from bridge.archive.definitions import decode_definitions, saved_definitions
 from bridge.errors import TargetRefused, WarrenError
 from bridge.own_queues import is_own_queue
 from protocol.management import ManagementClient, ManagementError
@@ -73,15 +72,7 @@ class Remap:
 
 async def definitions_at(sink: Sink, at_ns: int | None) -> tuple[str, dict[str, Any]]:
     """The key and content of the definitions saved closest at or before `at_ns` (the latest if None)."""
-    best: tuple[int, str] | None = None
-    async for info in sink.list(layout.DEFINITIONS + "/"):
-        leaf = info.key.rsplit("/", 1)[-1]
-        stem = leaf.removesuffix(layout.DEFINITIONS_SUFFIX)
-        if not stem.isdigit():
-            continue
-        saved = int(stem)
-        if (at_ns is None or saved <= at_ns) and (best is None or saved > best[0]):
-            best = (saved, info.key)
+    best = next((s for s in reversed(await saved_definitions(sink)) if at_ns is None or s[0] <= at_ns), None)
     if best is None:
         when = "" if at_ns is None else " at or before the requested time"
         raise NoDefinitions(f"{sink.url}: the archive holds no definitions saved{when}")

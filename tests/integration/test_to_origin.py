@@ -6,7 +6,6 @@ pika publishes, rejects and reads."""
 from __future__ import annotations
 
 import secrets
-import time
 
 import pika
 
@@ -14,6 +13,7 @@ from tests.integration import test_replay
 from tests.integration.archiving import Archivers, Witness, write_config
 from tests.integration.replaying import output, replay, summary, wait_archived
 from tests.integration.test_replay import target_args
+from tests.polling import wait_until
 
 target = test_replay.target  # the replay tests' target node: one of that module's own, per version
 
@@ -35,11 +35,16 @@ def dead_letter(uri: str, work: str, dlq: str) -> None:
     for n in (4, 5):
         props = pika.BasicProperties(message_id=f"m-{n}", delivery_mode=2, expiration="1")
         channel.basic_publish("", work, b"order %d" % n, props)
-    time.sleep(0.5)
-    assert channel.basic_get(work)[0] is None  # the expired ones are dead-lettered as the queue looks at them
-    deadline = time.monotonic() + 10
-    while channel.queue_declare(dlq, passive=True).method.message_count < 6 and time.monotonic() < deadline:
-        time.sleep(0.1)
+
+    # The expired ones are dead-lettered as the queue looks at its head: a basic.get makes it look.
+    def all_dead_lettered() -> bool:
+        method, _, _ = channel.basic_get(work)
+        if method is not None:  # not expired yet: back it goes, to expire there
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            return False
+        return channel.queue_declare(dlq, passive=True).method.message_count == 6
+
+    wait_until(all_dead_lettered, timeout=10, what=f"all six messages dead-lettered into {dlq}", every=0.1)
     connection.close()
 
 

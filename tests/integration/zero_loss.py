@@ -394,7 +394,7 @@ def run_scenario(
     own for a disk-full scenario, in a bucket of `s3` behind a proxy for a sink-network one). With
     `cluster`, `node` is one of its nodes and the source a quorum queue."""
     with contextlib.ExitStack() as stack:
-        sink_proxy = None
+        sink_proxy = direct = None
         if scenario.small_disk:
             sink = str(stack.enter_context(small_disk(workdir / "disk")) / "archive")
         if scenario.sink_proxy:
@@ -403,8 +403,7 @@ def run_scenario(
             sink_proxy = stack.enter_context(FaultProxy(("127.0.0.1", s3.port)))
             sink = sink_uri(sink_proxy.endpoint, bucket)
             direct = sink_uri(s3.endpoint, bucket)  # for reading the archive back, after the faults
-            return _run_scenario(scenario, node, target, workdir, injections, seed, sink, cluster, sink_proxy, direct)
-        return _run_scenario(scenario, node, target, workdir, injections, seed, sink, cluster)
+        return _run_scenario(scenario, node, target, workdir, injections, seed, sink, cluster, sink_proxy, direct)
 
 
 def _run_scenario(

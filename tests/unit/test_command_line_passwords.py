@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.cli import passwords_in
+from bridge.logs import passwords_in
 
 
 def test_options_whose_uri_holds_a_password_are_named():

@@ -13,6 +13,7 @@ from bridge.archive.reader import list_segments, read_records
 from bridge.archiver.retention import prune
 from bridge.archiver.writer import SegmentWriter
 from bridge.commands.verify import verify_archive
+from bridge.errors import ConfigError
 from protocol.loop import run
 from sinks.local import LocalSink
 from tests.unit.test_archive_writer import BIG, FAST_RETRIES, HOUR_NS, QUEUE, FakeClock, msg, open_sink
@@ -88,7 +89,7 @@ def test_everything_older_goes_and_the_newest_definitions_before_the_cut_stay(ar
 
 
 def test_a_retention_shorter_than_two_hours_is_refused(archived: LocalSink):
-    with pytest.raises(ValueError, match="two hours"):
+    with pytest.raises(ConfigError, match="2h"):
         run(prune(archived, HOUR_NS, now_ns=NOW))
 
 
