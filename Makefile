@@ -86,7 +86,7 @@ fuzz: setup
 bench: setup
 	$(BIN)/python bench/amqp_throughput.py
 
-# The 4.0 tree has /proc mounted while its nodes run: unmount it, and never cross into a mount.
+# Trees set up before the harness used mount namespaces may still have /proc mounted: unmount it, and never cross into a mount.
 clean:
 	-mountpoint -q $(TRIXIE)/proc && $(SUDO) umount $(TRIXIE)/proc
 	$(SUDO) rm -rf --one-file-system $(VENV) .tools .pytest_cache .ruff_cache .hypothesis warren-archive

@@ -3,8 +3,9 @@
     python tests/acceptance.py --rabbitmq 4.0 [SCENARIO.py] [scenario options...]
 
 The scenarios start their nodes with `rmq.Node`, which runs the host's rabbitmq-server. For a chrooted
-install (4.0) this points it at small wrapper scripts that run the tree's own tools with chroot, and
-puts the scenario's temporary directories inside the tree, where the node can see them.
+install (4.0) this points it at small wrapper scripts that run the tree's own tools with chroot, in a
+mount namespace of their own, and puts the scenario's temporary directories inside the tree, where the
+node can see them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import runpy
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +35,7 @@ def wrapper_bin(install: RabbitMQInstall) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for tool in TOOLS:
         script = directory / tool
-        script.write_text(f'#!/bin/sh\nexec chroot "{install.chroot}" "{install.bin_dir / tool}" "$@"\n')
+        script.write_text(f'#!/bin/sh\nexec {shlex.join(install.command(tool))} "$@"\n')
         script.chmod(0o755)
     return directory
 

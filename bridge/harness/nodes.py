@@ -57,28 +57,37 @@ class RabbitMQInstall:
         return (self.host_path(self.bin_dir) / "rabbitmq-server").exists()
 
     def command(self, tool: str) -> list[str]:
+        """How to run one of the install's tools: a chrooted one in a mount namespace of its own."""
         inner = str(self.bin_dir / tool)
-        return ["chroot", str(self.chroot), inner] if self.chroot else [inner]
+        if self.chroot is None:
+            return [inner]
+        namespace = ["unshare", "--mount", "--propagation", "private", "--"]
+        return [*namespace, "sh", "-c", _IN_TREE, "sh", str(self.chroot), inner]
 
     def nodes_dir(self) -> Path | None:
         """Where a node's files must live so that the node sees them too (None: anywhere)."""
         return self.chroot / "var/tmp/warren-nodes" if self.chroot else None
 
     def prepare(self) -> None:
-        """Make a chrooted install runnable: /proc mounted inside (the VM reads it), and the tree's own
-        path resolving to its root inside it, so that host paths of node files mean the same inside."""
+        """Check that the install is there; for a chrooted one, make the place where its tree's own path
+        is mounted inside it (see _IN_TREE)."""
         require(self)
         if self.chroot is None:
             return
-        proc = self.chroot / "proc"
-        if not os.path.ismount(proc):
-            done = subprocess.run(["mount", "-t", "proc", "proc", str(proc)], capture_output=True, text=True)
-            if done.returncode != 0:
-                raise LocalNodeError(f"cannot mount /proc in {self.chroot} (needs root): {done.stderr.strip()}")
-        link = self.chroot / self.chroot.relative_to("/")
-        if not link.is_symlink():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to("/")
+        inner_path = self.chroot / self.chroot.relative_to("/")
+        if inner_path.is_symlink():  # how earlier trees did it: a link to "/", which tree walkers follow out
+            inner_path.unlink()
+        inner_path.mkdir(parents=True, exist_ok=True)
+
+
+# A chrooted tool needs /proc (the Erlang VM reads it) and host paths of node files meaning the same
+# inside the tree, so its own path is bind-mounted there. Both mounts live in a mount namespace of the
+# command's own and end with it and its daemons: nothing stays mounted in the project's tree on the
+# host, where a /proc mount outlived every test run and broke whatever walked or removed the tree after.
+_IN_TREE = (
+    'root=$1; shift; mount -t proc proc "$root/proc" && mkdir -p "$root$root" '
+    '&& mount --bind "$root" "$root$root" && exec chroot "$root" "$@"'
+)
 
 
 INSTALLS = {
