@@ -24,6 +24,7 @@ from bridge.archive.record import message_fingerprint
 from bridge.archive.snapshots import SnapshotRun, record_snapshot
 from bridge.archiver.copies import CopyMatcher, InDoubt, read_in_doubt
 from bridge.archiver.lease import Lease
+from bridge.archiver.ledger import LedgerNotes
 from bridge.archiver.snapshot_guard import check_snapshot_safe
 from bridge.archiver.tap import prepare_tap
 from bridge.archiver.witness import Acknowledger, WitnessUnavailable, read_witness, witness_queue, write_baseline
@@ -69,6 +70,7 @@ class QueueSource:
     ) -> None:
         self.config = config
         self.writer = make_writer(self._on_durable)
+        self.ledger = LedgerNotes(self.writer.sink, self.writer.prefix, self.writer.source)
         self.stopping = stopping
         self.yielding = asyncio.Event()  # ends the session in order, for another archiver (lease.Share)
         self.snapshot_id = snapshot_id if config.mode == "snapshot" else None

@@ -18,6 +18,7 @@ from itertools import groupby
 
 from bridge.archive.definitions import saved_definitions
 from bridge.archive.layout import SegmentKey
+from bridge.archive.ledger import entry_keys
 from bridge.archive.pruned import MIN_RETENTION_NS, PrunedMark, read_pruned, write_pruned
 from bridge.archive.reader import HOUR_NS, read_index
 from bridge.archive.record import Source
@@ -118,8 +119,17 @@ async def _prune_source(
     if earlier is None or earlier.through_seq < result.through_seq:
         await write_pruned(sink, prefix, source, PrunedMark(result.through_seq, cut, time.time_ns()))
     await at_most(REQUESTS_IN_FLIGHT, [sink.delete(seg.key) for seg in doomed])
+    kept_from = result.first_kept_ns if result.first_kept_ns is not None else cut
+    await _prune_ledger(sink, prefix, source, kept_from)
     log.info("pruned", extra={"source": str(source), "through_seq": result.through_seq, "segments": len(doomed)})
     return result
+
+
+async def _prune_ledger(sink: Sink, prefix: str, source: Source, kept_from_ns: int) -> None:
+    """Gap-ledger entries of the hours removed go with them, but for the newest: a gap that began then
+    and ends in what is kept still shows."""
+    before = [key for at, key in await entry_keys(sink, prefix, source) if at < kept_from_ns]
+    await at_most(REQUESTS_IN_FLIGHT, [sink.delete(key) for key in before[:-1]])
 
 
 async def _prune_definitions(sink: Sink, prefix: str, cut: int, dry_run: bool) -> int:

@@ -132,6 +132,7 @@ async def _archive_into(
         for source in sources:  # each one's current writer (a conflict may have replaced the first)
             with contextlib.suppress(WarrenError, SinkError):
                 await source.writer.close()
+            await source.ledger.close()
         if reconciling is not None:
             reconciling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -315,6 +316,7 @@ async def _run_discovered(
     finally:
         with contextlib.suppress(WarrenError, SinkError):
             await source.writer.close()
+        await source.ledger.close()
         log.info("source stopped", extra={"source": source.name, "archived": source.archived})
         if error is None:
             running.remove(source)

@@ -11,7 +11,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from bridge.archive.ledger import Event
 from bridge.archiver.lease import Lease
+from bridge.archiver.ledger import LedgerNotes
 from bridge.archiver.supervision import SourceRefused
 from bridge.archiver.writer import Durable, WriterFactory
 from bridge.config import StreamOffset, StreamSourceConfig
@@ -41,6 +43,7 @@ class StreamSource:
         self.config = config
         self.endpoint = StreamEndpoint.parse(config.uri)
         self.writer = make_writer(self._on_durable)
+        self.ledger = LedgerNotes(self.writer.sink, self.writer.prefix, self.writer.source)
         self.stopping = stopping
         self.yielding = asyncio.Event()  # ends the session in order, for another archiver (lease.Share)
         self.archived = 0
@@ -101,6 +104,8 @@ class StreamSource:
             lost.set()
 
         start = self.start_from()
+        if start.kind == "offset" and start.value is not None and self._has_archived():
+            await self._check_retention(start.value)
         subscription = await self.endpoint.subscribe(
             self.config.stream,
             self._on_chunk,
@@ -145,6 +150,24 @@ class StreamSource:
         if not self.writer.has_room:
             return self.writer.wait_for_room()  # holds the stream client's reader, so credit stops flowing
         return None
+
+    def _has_archived(self) -> bool:
+        return self._last_offset is not None or self.writer.committed_offset is not None
+
+    async def _check_retention(self, wanted: int) -> None:
+        """Before resuming at `wanted`: if the stream's retention removed it meanwhile, the offsets up to
+        the oldest one left never reach the archive, and that is said aloud (log and gap ledger). The
+        offsets in between include some the broker spent on offset tracking, so "up to" that many messages."""
+        first = await self.endpoint.first_offset(
+            self.config.stream, connection_name=f"warren archiver: {self.config.stream}"
+        )
+        if first is None or first <= wanted:
+            return
+        log.error(
+            "stream offsets were removed by the stream's retention before they were archived",
+            extra={"source": self.name, "from_offset": wanted, "to_offset": first - 1, "at_most": first - wanted},
+        )
+        self.ledger.note(Event.SKIPPED, from_offset=wanted, to_offset=first - 1)
 
     def _on_durable(self, durable: Durable) -> None:
         subscription = self._subscription

@@ -16,11 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
+from bridge.archive.ledger import Event
 from bridge.archiver.backoff import Backoff
 from bridge.archiver.lease import Lease, LeaseHeldElsewhere, Share, retry_delay
+from bridge.archiver.ledger import LedgerNotes
+from bridge.archiver.status import short_reason
 from bridge.archiver.writer import ArchiveWriteFailed, SegmentConflict
 from bridge.errors import ConfigError, WarrenError
 from protocol.errors import (
@@ -88,6 +92,11 @@ class SourceSession(Protocol):
         """After a SegmentConflict: a fresh writer, if nothing it held was acknowledged."""
         ...
 
+    @property
+    def ledger(self) -> LedgerNotes:
+        """Where the source's starts, stops and interruptions are noted (the gap ledger)."""
+        ...
+
 
 class SourceWatch(Protocol):
     """Hears each source's state change (bridge/archiver/status.py makes a status line of them)."""
@@ -146,12 +155,27 @@ async def supervise(
     started = False
     lease = session.make_lease()
     standing_by = False
+    noted: Event | None = None  # the ledger's last word on this source from this run
+
+    def note(event: Event, reason: str | None = None) -> None:
+        """Each change between consuming and not, once; a run's first failure too, before it ever consumed."""
+        nonlocal noted
+        if one_shot:
+            return  # a snapshot copies a queue once: it has no spell of archiving to interrupt
+        if event is Event.STARTED:
+            wanted = noted is not Event.STARTED
+        else:
+            wanted = noted is Event.STARTED or (noted is None and event is Event.INTERRUPTED)
+        if wanted:
+            noted = event
+            session.ledger.note(event, reason=reason)
 
     def consuming() -> None:
         nonlocal started
         started = True
         backoff.session_started()
         gate.consuming()
+        note(Event.STARTED)
         if watch is not None:
             watch.consuming(session.name)
 
@@ -164,73 +188,84 @@ async def supervise(
             if watch is not None:
                 watch.standing_by(session.name)
 
-    while not stopping.is_set() and not session.done:
-        try:
-            if lease is not None:
-                if share is not None and not share.may_take():
-                    stand_by()  # this archiver has its share: the others take the rest
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), retry_delay())
-                    continue
-                try:
-                    await lease.acquire()
-                except LeaseHeldElsewhere:
-                    stand_by()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), retry_delay())
-                    continue
-                if standing_by:
-                    log.info("taking over the source", extra={"source": session.name})
-                    standing_by = False
-            session.yielding.clear()
-            if share is not None and lease is not None and lease.held:
-                share.took(session.yielding)
+    ended = False  # by a stop, or done: not by an error
+    try:
+        while not stopping.is_set() and not session.done:
             try:
-                await session.take_over()
-                await _run_holding(session, consuming, lease)
-            finally:
-                if lease is not None and lease.held:
-                    # Durable before the lease goes, so the next holder continues after all of it.
-                    with contextlib.suppress(ArchiveWriteFailed, SinkError):
-                        await session.hand_over()
                 if lease is not None:
-                    await lease.release()
-                if share is not None:
-                    share.gave_back(session.yielding)
-            if session.yielding.is_set() and not stopping.is_set():
-                log.info("handing the source to another archiver: this one holds more than its share",
-                         extra={"source": session.name})  # fmt: skip
-                standing_by = False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), retry_delay())
+                    if share is not None and not share.may_take():
+                        stand_by()  # this archiver has its share: the others take the rest
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stopping.wait(), retry_delay())
+                        continue
+                    try:
+                        await lease.acquire()
+                    except LeaseHeldElsewhere:
+                        stand_by()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stopping.wait(), retry_delay())
+                        continue
+                    if standing_by:
+                        log.info("taking over the source", extra={"source": session.name})
+                        standing_by = False
+                session.yielding.clear()
+                if share is not None and lease is not None and lease.held:
+                    share.took(session.yielding)
+                try:
+                    await session.take_over()
+                    await _run_holding(session, consuming, lease)
+                finally:
+                    if lease is not None and lease.held:
+                        # Durable before the lease goes, so the next holder continues after all of it.
+                        with contextlib.suppress(ArchiveWriteFailed, SinkError):
+                            await session.hand_over()
+                    if lease is not None:
+                        await lease.release()
+                    if share is not None:
+                        share.gave_back(session.yielding)
+                if session.yielding.is_set() and not stopping.is_set():
+                    log.info("handing the source to another archiver: this one holds more than its share",
+                             extra={"source": session.name})  # fmt: skip
+                    note(Event.HANDED_OVER)
+                    standing_by = False
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), retry_delay())
+                    continue
+            except SegmentConflict as err:
+                if not await session.reset_writer():
+                    raise
+                log.warning(
+                    "another archiver wrote this source meanwhile: reading the archive's end again",
+                    extra={"source": session.name, "reason": str(err)},
+                )
                 continue
-        except SegmentConflict as err:
-            if not await session.reset_writer():
+            except (ArchiveWriteFailed, ConfigError, InvalidURI):
                 raise
-            log.warning(
-                "another archiver wrote this source meanwhile: reading the archive's end again",
-                extra={"source": session.name, "reason": str(err)},
-            )
-            continue
-        except (ArchiveWriteFailed, ConfigError, InvalidURI):
-            raise
-        except (ProtocolError, WarrenError, SinkError, OSError, TimeoutError) as err:
-            if one_shot:
-                raise  # a snapshot is not resumed: a second attempt would read the queue again
-            if is_refusal(err):
-                log.error("the broker refused the source", extra={"source": session.name, "reason": str(err)})
-                if not started:
-                    gate.refused(id(session), err)
-            else:
-                log.warning("connection lost", extra={"source": session.name, "reason": str(err) or repr(err)})
-            if watch is not None:
-                watch.failing(session.name, err)
-        if stopping.is_set() or session.done:
-            break
-        delay = backoff.next_delay()
-        log.info("reconnecting", extra={"source": session.name, "in_seconds": round(delay, 1)})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
+            except (ProtocolError, WarrenError, SinkError, OSError, TimeoutError) as err:
+                if one_shot:
+                    raise  # a snapshot is not resumed: a second attempt would read the queue again
+                if is_refusal(err):
+                    log.error("the broker refused the source", extra={"source": session.name, "reason": str(err)})
+                    if not started:
+                        gate.refused(id(session), err)
+                else:
+                    log.warning("connection lost", extra={"source": session.name, "reason": str(err) or repr(err)})
+                note(Event.INTERRUPTED, short_reason(err))
+                if watch is not None:
+                    watch.failing(session.name, err)
+            if stopping.is_set() or session.done:
+                break
+            delay = backoff.next_delay()
+            log.info("reconnecting", extra={"source": session.name, "in_seconds": round(delay, 1)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+        ended = True
+    finally:
+        error = sys.exc_info()[1]
+        if ended:
+            note(Event.STOPPED, "finished: src-delete-after reached" if session.done else None)
+        elif error is not None and not isinstance(error, asyncio.CancelledError):
+            note(Event.INTERRUPTED, short_reason(error))  # it stops for good: the ledger says why too
 
 
 async def _run_holding(session: SourceSession, consuming: Callable[[], None], lease: Lease | None) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 from bridge.archive.clocks import BY_HELP, CLOCKS, Clock
 from bridge.archive.layout import SegmentKey
-from bridge.archive.reader import TimeRange, list_segments, read_index, read_records
+from bridge.archive.ledger import archive_gaps
+from bridge.archive.reader import TimeRange, list_segments, read_footers, read_index, read_records
 from bridge.archive.record import Record, RecordKind, Source, SourceKind
 from bridge.archive.segment import iter_records
 from bridge.archive.segment import read_index as read_segment_index
@@ -250,10 +251,45 @@ async def inspect(
     return shown
 
 
+async def inspect_gaps(
+    uri: str,
+    window: TimeRange,
+    *,
+    source: str | None,
+    vhost: str | None,
+    as_json: bool,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Print the gap ledger's gaps of the archive's sources (in `window`); returns how many."""
+    async with open_sink(uri) as sink:
+        indexes = [i for i in await read_footers(sink) if _is(i.source, source, vhost)]
+        gaps = await archive_gaps(sink, indexes)
+    shown = 0
+    for src, found in sorted(gaps.items()):
+        found = [g for g in found if g.overlaps(window.since_ns, window.until_ns)]
+        shown += len(found)
+        if as_json:
+            for gap in found:
+                out(json.dumps({"vhost": src.vhost, "kind": str(src.kind), "source": src.name, **gap.to_json()}))
+            continue
+        lost = sum(g.lost for g in found)
+        out(f"{src}: {len(found)} gaps" + (f", up to {lost} stream messages lost" if lost else ""))
+        for gap in found:
+            out(f"  {gap.line()}")
+    if not gaps and not as_json:
+        out("no source in the archive" + (" matches" if source or vhost else ""))
+    return shown
+
+
+def _is(src: Source, name: str | None, vhost: str | None) -> bool:
+    return (name is None or src.name == name) and (vhost is None or src.vhost == vhost)
+
+
 EXAMPLES = (
     "examples:\n"
     "  warren inspect file:///var/lib/warren --source orders.dlq --since -2h --where headers.x-death\n"
-    "  warren inspect file:///var/lib/warren --source orders --grep timeout --limit 20"
+    "  warren inspect file:///var/lib/warren --source orders --grep timeout --limit 20\n"
+    "  warren inspect file:///var/lib/warren --gaps --since -7d"
 )
 
 
@@ -276,9 +312,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--routing-key", metavar="PATTERN", help="AMQP topic pattern: orders.*.eu, audit.#")
     parser.add_argument("--grep", metavar="REGEX", help="body matches this regular expression")
     parser.add_argument("--json", action="store_true", help="JSON lines, for jq")
+    parser.add_argument(
+        "--gaps",
+        action="store_true",
+        help="instead of records, when each source was not archived and what stream offsets were lost (gap ledger)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> int:
     keep = RecordFilter.build(args.since, args.until, args.where, args.routing_key, args.grep, args.by)
+    if args.gaps:
+        if args.where or args.routing_key or args.grep or args.limit is not None or args.by:
+            raise ConfigError("--gaps lists gaps: --where, --routing-key, --grep, --limit and --by select records")
+        if Path(args.archive).is_file():
+            raise ConfigError(f"--gaps reads an archive's ledger; {args.archive} is one segment file")
+        run(inspect_gaps(args.archive, keep.window, source=args.source, vhost=args.vhost, as_json=args.json))
+        return EXIT_OK
     run(inspect_target(args.archive, keep, source=args.source, vhost=args.vhost, limit=args.limit, as_json=args.json))
     return EXIT_OK

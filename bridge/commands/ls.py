@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from bridge.archive.ledger import Gap, archive_gaps
 from bridge.archive.reader import read_footers
 from bridge.archive.record import Source
 from bridge.archive.segment import SegmentIndex
@@ -27,6 +28,14 @@ class SourceSummary:
     last_ns: int | None = None
     copies: int = 0  # proven copies of earlier records: a replay skips them
     possible_copies: int = 0  # possibly copies, unproven: a replay keeps them and counts them
+    gaps: list[Gap] = field(default_factory=list)  # spells nobody archived it, and stream offsets lost (ledger)
+
+    @property
+    def lost(self) -> int:
+        return sum(g.lost for g in self.gaps)
+
+    def gaps_cell(self) -> str:
+        return f"{len(self.gaps)} (up to {self.lost} lost)" if self.lost else str(len(self.gaps))
 
     def add(self, index: SegmentIndex) -> None:
         self.records += index.records
@@ -49,6 +58,8 @@ class SourceSummary:
             "bytes": self.bytes,
             "copies": self.copies,
             "possible_copies": self.possible_copies,
+            "gaps": [g.to_json() for g in self.gaps],
+            "lost_offsets": self.lost,
             "first": format_time(self.first_ns) if self.first_ns is not None else None,
             "last": format_time(self.last_ns) if self.last_ns is not None else None,
         }
@@ -56,8 +67,11 @@ class SourceSummary:
 
 async def summarize(sink: Sink) -> list[SourceSummary]:
     summaries: dict[Source, SourceSummary] = {}
-    for index in await read_footers(sink):
+    indexes = await read_footers(sink)
+    for index in indexes:
         summaries.setdefault(index.source, SourceSummary(index.source)).add(index)
+    for source, gaps in (await archive_gaps(sink, indexes)).items():
+        summaries[source].gaps = gaps
     return sorted(summaries.values(), key=lambda s: s.source)
 
 
@@ -68,7 +82,7 @@ def render_json(summaries: Iterable[SourceSummary]) -> str:
 def render_table(summaries: list[SourceSummary]) -> str:
     if not summaries:
         return "the archive is empty"
-    header = ("VHOST", "KIND", "SOURCE", "RECORDS", "COPIES", "POSSIBLE", "SEGMENTS", "BYTES", "FIRST", "LAST")
+    header = ("VHOST", "KIND", "SOURCE", "RECORDS", "COPIES", "POSSIBLE", "SEGMENTS", "BYTES", "FIRST", "LAST", "GAPS")
     rows = [header] + [
         (
             s.source.vhost,
@@ -81,6 +95,7 @@ def render_table(summaries: list[SourceSummary]) -> str:
             str(s.bytes),
             format_time(s.first_ns) if s.first_ns is not None else "-",
             format_time(s.last_ns) if s.last_ns is not None else "-",
+            s.gaps_cell(),
         )
         for s in summaries
     ]
@@ -97,7 +112,8 @@ async def list_archive(uri: str, *, as_json: bool) -> str:
 async def draw_timeline(uri: str, *, since_ns: int | None, until_ns: int | None, width: int) -> str:
     async with open_sink(uri) as sink:
         indexes = await read_footers(sink)
-    return timeline(indexes, since_ns=since_ns, until_ns=until_ns, width=width).render()
+        gaps = await archive_gaps(sink, indexes)
+    return timeline(indexes, since_ns=since_ns, until_ns=until_ns, width=width, gaps=gaps).render()
 
 
 EXAMPLES = (

@@ -10,6 +10,7 @@ from itertools import groupby
 
 from bridge.archive import layout
 from bridge.archive.checkpoint import read_checkpoint
+from bridge.archive.ledger import Gap, source_gaps
 from bridge.archive.pruned import read_pruned
 from bridge.archive.reader import list_segments
 from bridge.archive.record import Source
@@ -19,6 +20,8 @@ from bridge.archiver.compaction import all_segment_keys
 from bridge.errors import EXIT_CHECK_FAILED, EXIT_OK, ArchiveCorrupt
 from protocol.loop import run
 from sinks import Sink, open_sink
+
+GAPS_SHOWN = 10  # the latest; `warren inspect --gaps` lists them all
 
 
 @dataclass
@@ -30,12 +33,22 @@ class SourceReport:
     last_seq: int | None = None
     covered: int = 0  # segments a compacted one holds too, not removed yet (a compaction under way, or crashed)
     problems: list[str] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)  # the ledger's: not problems of the archive, but told
 
     def line(self) -> str:
         span = f"sequences {self.first_seq}..{self.last_seq}" if self.first_seq is not None else "no readable segment"
         head = f"{'OK  ' if not self.problems else 'FAIL'} {self.source}: {self.segments} segments, "
         covered = f"; {self.covered} covered by compacted segments, to be removed" if self.covered else ""
-        return head + f"{self.records} records, {span}{covered}" + "".join(f"\n     - {p}" for p in self.problems)
+        lost = sum(g.lost for g in self.gaps)
+        gaps = f"; {len(self.gaps)} gaps in archiving" if self.gaps else ""
+        gaps += f", up to {lost} stream messages lost before they were archived" if lost else ""
+        problems = "".join(f"\n     - {p}" for p in self.problems)
+        return (
+            head
+            + f"{self.records} records, {span}{covered}{gaps}"
+            + "".join(f"\n     gap: {g.line()}" for g in self.gaps[-GAPS_SHOWN:])
+            + problems
+        )
 
 
 async def verify_archive(sink: Sink, out: Callable[[str], None] = print) -> list[SourceReport]:
@@ -91,6 +104,10 @@ async def verify_archive(sink: Sink, out: Callable[[str], None] = print) -> list
             )
         if layout.has_hashed_names(source):
             report.problems.extend(await _source_object_problems(sink, source))
+        try:
+            report.gaps = await source_gaps(sink, "", source)
+        except ArchiveCorrupt as err:
+            report.problems.append(str(err))
         out(report.line())
         reports.append(report)
     failed = sum(1 for r in reports if r.problems)

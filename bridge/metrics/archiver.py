@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bridge.archiver.ledger import LedgerNotes
 from bridge.archiver.status import SourceStates
 from bridge.archiver.writer import SegmentWriter
 from bridge.metrics.endpoint import Health
@@ -33,6 +34,9 @@ class ArchivedSource(Protocol):
 
     @property
     def writer(self) -> SegmentWriter: ...
+
+    @property
+    def ledger(self) -> LedgerNotes: ...
 
 
 class ArchiverMetrics:
@@ -113,6 +117,16 @@ class _LiveState(Collector):
             "How long the sink has refused this source's writes, or left one pending past 5 s (0 while it takes them)",
             labels=["source"],
         )
+        interruptions = GaugeMetricFamily(
+            "warren_source_interruptions",
+            "Times archiving of the source stopped on an error since start, as noted in the gap ledger",
+            labels=["source"],
+        )
+        skipped = GaugeMetricFamily(
+            "warren_stream_offsets_skipped",
+            "Stream offsets removed by the stream's retention before they were archived, since start (messages lost)",
+            labels=["source"],
+        )
         backlog = GaugeMetricFamily(
             "warren_source_backlog_messages",
             "Messages in the queue not yet archived, as the broker's management API reports them",
@@ -125,9 +139,11 @@ class _LiveState(Collector):
             committed.add_metric([name], float(writer.committed_seq))
             trouble = writer.sink_trouble()
             failing.add_metric([name], 0.0 if trouble is None else trouble[0])
+            interruptions.add_metric([name], float(source.ledger.interruptions))
+            skipped.add_metric([name], float(source.ledger.offsets_skipped))
             if name in self.backlog:
                 backlog.add_metric([name], float(self.backlog[name]))
-        yield from (consuming, failures, committed, failing, backlog)
+        yield from (consuming, failures, committed, failing, interruptions, skipped, backlog)
 
 
 def liveness(states: SourceStates) -> Health:

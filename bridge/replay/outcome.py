@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bridge.archive.ledger import Gap
 from bridge.archive.record import Record, Source
 from bridge.timespec import format_span
+
+GAPS_SHOWN = 5
 
 
 @dataclass
@@ -25,6 +28,7 @@ class SourceOutcome:
     first_ns: int | None = None
     last_ns: int | None = None
     corrupt: list[str] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)  # the gap ledger's, in the window replayed
     error: str | None = None
 
     def covered(self, record: Record) -> None:
@@ -55,6 +59,14 @@ class SourceOutcome:
             text += f"; {self.not_dead_lettered} never dead-lettered, passed over"
         if self.other_reasons:
             text += f"; {self.other_reasons} dead-lettered for other reasons, passed over"
+        if self.gaps:
+            lost = sum(g.lost for g in self.gaps)
+            text += f"\n       the window crosses {len(self.gaps)} gaps in archiving" + (
+                f" (up to {lost} stream messages were lost before they were archived)" if lost else ""
+            )
+            text += "".join(f"\n       gap: {g.line()}" for g in self.gaps[:GAPS_SHOWN])
+            if len(self.gaps) > GAPS_SHOWN:
+                text += f"\n       and {len(self.gaps) - GAPS_SHOWN} more (warren inspect --gaps)"
         for c in self.corrupt:
             text += f"\n       skipped corrupt segment {c}"
         if self.error:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from bridge.archive import layout
 from bridge.archive.clocks import Clock
 from bridge.archive.layout import SegmentKey
+from bridge.archive.ledger import Gap, source_gaps
 from bridge.archive.reader import TimeRange
 from bridge.archive.record import Record, Source, SourceKind
 from bridge.config import derived_uri, resolve_stream_uri, with_credentials_of, with_vhost
@@ -301,8 +302,19 @@ async def _replay_source(
         outcome.error = str(err)
     outcome.corrupt = plan.corrupt
     outcome.superseded = plan.superseded
+    outcome.gaps = await _gaps_in(sink, source, options.window)
     state.save()
     return outcome
+
+
+async def _gaps_in(sink: Sink, source: Source, window: TimeRange) -> list[Gap]:
+    """The ledger's gaps in the window replayed; an unreadable ledger is logged, never a failed replay."""
+    try:
+        gaps = await source_gaps(sink, "", source)
+    except (ArchiveCorrupt, SinkError) as err:
+        log.warning("cannot read the gap ledger", extra={"source": str(source), "error": str(err)})
+        return []
+    return [g for g in gaps if g.overlaps(window.since_ns, window.until_ns)]
 
 
 async def _records(

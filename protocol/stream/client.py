@@ -40,6 +40,7 @@ TLS_SCHEME = "rabbitmq-stream+tls"
 STREAM_SCHEMES = ("rabbitmq-stream", TLS_SCHEME)
 FILTERING_SINCE = (3, 13)  # stream filtering: publish v2 with filter values, Bloom filters per chunk
 CLOSE_TIMEOUT = 10.0
+FIRST_OFFSET_WAIT = 5.0  # seconds for a stream's first chunk to arrive before it counts as empty
 # rstream's response code for a publish whose connection went before its confirm came
 _CONNECTION_LOST_CODE = -1
 
@@ -154,6 +155,31 @@ class StreamEndpoint:
             await subscription.close()
             raise
         return subscription
+
+    async def first_offset(self, stream: str, *, connection_name: str, wait: float = FIRST_OFFSET_WAIT) -> int | None:
+        """The offset of the oldest message `stream` still holds (what its retention has not removed), read
+        off the first chunk a subscription from "first" gets; None if none comes within `wait` seconds
+        (an empty stream)."""
+        found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def first_chunk(chunk: Chunk, _chunk_ts_ms: int) -> None:
+            if chunk and not found.done():
+                found.set_result(chunk[0][0])
+
+        probe = await self.subscribe(
+            stream,
+            first_chunk,
+            start=StartAt("first"),
+            subscriber_name="warren-offset-probe",  # never stores an offset
+            connection_name=connection_name,
+            initial_credit=1,
+        )
+        try:
+            return await asyncio.wait_for(found, wait)
+        except TimeoutError:
+            return None
+        finally:
+            await probe.close()
 
     async def publisher(self, connection_name: str) -> StreamPublisher:
         """A started publisher that sends filter values if the broker has stream filtering (RabbitMQ 3.13+

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import pika
 import pika.exceptions
 import pika.spec
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.archive.checkpoint import read_checkpoint
 from bridge.archive.reader import list_segments, read_index, read_records
@@ -557,6 +558,17 @@ def health(port: int, path: str) -> tuple[int, str]:
         return err.code, err.read().decode()
     except OSError as err:  # not listening yet
         return 0, str(err)
+
+
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """The scrape's samples by name and source (the source label, or "" for none)."""
+    status, text = health(port, "/metrics")
+    assert status == 200, (status, text)
+    return {
+        (s.name, s.labels.get("source", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def kill_after(

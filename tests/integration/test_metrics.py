@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import secrets
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from bridge.harness.nodes import free_port
 from tests.integration.archiving import (
     Witness,
@@ -16,22 +14,12 @@ from tests.integration.archiving import (
     health,
     publish,
     queue_source,
+    scrape,
     simple_messages,
     write_config,
 )
 from tests.integration.replaying import Replayers
 from tests.polling import wait_until
-
-
-def scrape(port: int) -> dict[tuple[str, str], float]:
-    """The scrape's samples by name and source (the source label, or "" for none)."""
-    status, text = health(port, "/metrics")
-    assert status == 200, (status, text)
-    return {
-        (s.name, s.labels.get("source", "")): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_the_archivers_metrics_count_what_the_archive_holds_and_name_the_refused_source(broker, archivers, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.archive.record import Source, SourceKind
+from bridge.archiver.ledger import LedgerNotes
 from bridge.archiver.status import SourceStates
 from bridge.archiver.writer import RollPolicy, SegmentWriter
 from bridge.config import load_config
@@ -29,10 +30,11 @@ FAST_RETRIES = {"retry_base": 0.01, "retry_max": 0.01}
 
 
 class Archived:
-    """What the metrics watch of a source: its name and its writer."""
+    """What the metrics watch of a source: its name, its writer and its gap-ledger notes."""
 
     def __init__(self, writer: SegmentWriter) -> None:
         self.writer = writer
+        self.ledger = LedgerNotes(writer.sink, writer.prefix, writer.source)
         self.name = str(writer.source)
         self.archived = 0
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from bridge.archive.ledger import Gap
 from bridge.archive.record import Source, SourceKind, amqp_record_map
 from bridge.archive.segment import SegmentBuilder, SegmentIndex, read_index
-from bridge.archive.timeline import EMPTY, timeline
+from bridge.archive.timeline import EMPTY, LOST, NOT_ARCHIVED, timeline
 from protocol.core.message import Message
 
 MINUTE = 60 * 1_000_000_000
@@ -54,3 +55,17 @@ def test_over_the_whole_archive_every_count_is_exact():
     orders = [segment(ORDERS, 1, [T0 + i * 7 * 1_000_000_000 for i in range(50)], block_bytes=120)]
     text = timeline(orders, since_ns=None, until_ns=None, width=17).render()
     assert "|  50 records" in text and "~" not in text, text
+
+
+def test_the_gap_ledger_marks_spells_nobody_archived_and_where_stream_offsets_were_lost():
+    # orders: 20 minutes, 20 minutes the archiver was down, 20 more; a stream lost offsets at minute 55.
+    orders = [segment(ORDERS, 1, [T0 + i * MINUTE for i in range(20)])]
+    orders.append(segment(ORDERS, 21, [T0 + (40 + i) * MINUTE for i in range(20)]))
+    gaps = {ORDERS: [Gap(T0 + 20 * MINUTE, T0 + 40 * MINUTE - 1, "the archiver was stopped")]}
+    text = timeline(orders, since_ns=T0, until_ns=T0 + 60 * MINUTE - 1, width=12, gaps=gaps).render()
+    assert row(text, "orders") == "████" + NOT_ARCHIVED * 4 + "████"
+    assert "not archived then" in text
+
+    gaps[ORDERS].append(Gap(T0 + 55 * MINUTE, T0 + 55 * MINUTE, "retention", (10, 19)))
+    text = timeline(orders, since_ns=T0, until_ns=T0 + 60 * MINUTE - 1, width=12, gaps=gaps).render()
+    assert row(text, "orders") == "████" + NOT_ARCHIVED * 4 + "███" + LOST
