@@ -16,12 +16,18 @@ DEBIAN_MIRROR ?= http://deb.debian.org/debian
 .PHONY: setup demo test test-fast lint bench acceptance soak fuzz clean
 
 AZURITE := .tools/node_modules/.bin/azurite-blob
+CHROMIUM := /usr/bin/chromium
 
-setup: $(STAMP) $(RABBITMQ_SERVER) $(RABBITMQ40_SERVER) $(AZURITE)
+setup: $(STAMP) $(RABBITMQ_SERVER) $(RABBITMQ40_SERVER) $(AZURITE) $(CHROMIUM)
 
 $(RABBITMQ_SERVER):
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q rabbitmq-server
+
+# Debian's Chromium: the tests look at `warren serve`'s page in it, headless.
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium
 
 /usr/sbin/debootstrap:
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q debootstrap

@@ -44,6 +44,7 @@ COMMANDS = {
     "sync": ("bridge.commands.sync", "copy what one archive lacks from another (migration, repair)"),
     "compact": ("bridge.commands.compact", "merge the small segments of every sealed hour into a few large ones"),
     "prune": ("bridge.commands.prune", "remove the sealed hours older than a retention (a dry run unless --apply)"),
+    "serve": ("bridge.commands.serve", "show the archive's timeline as a web page, with a time picker for replay --at"),
     "drill": ("bridge.commands.drill", "restore a recent window into a throwaway broker and check it, as a drill"),
     "demo": (
         "bridge.commands.demo",

@@ -20,7 +20,7 @@ class ListenAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def parse_listen(value: str) -> ListenAddress:
+def parse_listen(value: str, what: str = "metrics-listen") -> ListenAddress:
     """'127.0.0.1:9419', '[::1]:9419', 'localhost:9419' or '9419' (loopback)."""
     host, sep, port_text = value.rpartition(":")
     if not sep:
@@ -29,9 +29,9 @@ def parse_listen(value: str) -> ListenAddress:
     try:
         port = int(port_text)
     except ValueError:
-        raise ConfigError(f"metrics-listen {value!r}: expected HOST:PORT or PORT, e.g. 127.0.0.1:9419") from None
+        raise ConfigError(f"{what} {value!r}: expected HOST:PORT or PORT, e.g. 127.0.0.1:9419") from None
     if not 0 < port < 65536:
-        raise ConfigError(f"metrics-listen {value!r}: the port must be between 1 and 65535")
+        raise ConfigError(f"{what} {value!r}: the port must be between 1 and 65535")
     return ListenAddress(host, port)
 
 
