@@ -7,11 +7,13 @@ import argparse
 import importlib
 import importlib.metadata
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from bridge import logs
 from bridge.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     WarrenError,
@@ -59,7 +61,7 @@ exit codes (README.md, "Exit codes"):
   0 ok    1 what was checked does not hold    2 bad command line or configuration
   3 broker unreachable, or it closed on us    4 archive storage unreachable or refusing
   5 archive damaged    6 credentials or certificate refused    7 the target refused what was asked
-  70 a bug in warren"""
+  70 a bug in warren    130 interrupted    141 the output's reader went away (| head)"""
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -121,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(importlib.import_module(COMMANDS[args.command][0]).from_args(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read our output left (`| head`): stop quietly, with the shell's code for SIGPIPE, as
+        # other tools do; stdout goes to /dev/null so that flushing it at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (WarrenError, ProtocolError, SinkError) as err:
         print(f"warren {args.command}: {logs.scrub(str(err))}", file=sys.stderr)
         return exit_code_for(err)

@@ -25,6 +25,7 @@ EXIT_AUTH = 6  # credentials refused
 EXIT_REFUSED = 7  # the target broker refused what was asked of it (its management API said why)
 EXIT_INTERNAL = 70  # a bug in warren (sysexits' EX_SOFTWARE): reported in one line, never as a traceback
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # the reader of our output went away (128 + SIGPIPE, as the shell reports it)
 
 
 class WarrenError(Exception):

@@ -14,7 +14,7 @@ from bridge.archive.ledger import Gap, source_gaps
 from bridge.archive.pruned import read_pruned
 from bridge.archive.reader import list_segments
 from bridge.archive.record import Source
-from bridge.archive.segment import iter_records, verify_segment
+from bridge.archive.segment import SegmentIndex, iter_records, verify_segment
 from bridge.archive.source_object import read_source_object
 from bridge.archiver.compaction import all_segment_keys
 from bridge.errors import EXIT_CHECK_FAILED, EXIT_OK, ArchiveCorrupt
@@ -66,11 +66,13 @@ async def verify_archive(sink: Sink, out: Callable[[str], None] = print) -> list
         through = pruned.through_seq if pruned is not None else 0
         # Sequences start at 1 (after what retention removed) and segments tile them without gaps.
         expected: int | None = through + 1
+        read: list[SegmentIndex] = []  # dates the end of a run that ended without a word (the ledger)
         for seg in group:
             report.segments += 1
             try:
                 data = await sink.get(seg.key)
                 index = verify_segment(data, seg.key)
+                read.append(index)
                 if index.copies or index.possible_copies:
                     report.problems.extend(_copy_problems(data, seg.key))
             except ArchiveCorrupt as err:
@@ -105,7 +107,7 @@ async def verify_archive(sink: Sink, out: Callable[[str], None] = print) -> list
         if layout.has_hashed_names(source):
             report.problems.extend(await _source_object_problems(sink, source))
         try:
-            report.gaps = await source_gaps(sink, "", source)
+            report.gaps = await source_gaps(sink, "", source, read)
         except ArchiveCorrupt as err:
             report.problems.append(str(err))
         out(report.line())

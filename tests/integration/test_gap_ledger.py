@@ -66,6 +66,8 @@ def test_a_restart_and_a_kill_show_as_gaps_in_ls_inspect_verify_and_the_replay_s
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "2 gaps in archiving" in verified.stdout
 
+    with Witness(broker.amqp_uri) as witness:
+        witness.declare_queue(restored)
     replayed = replay("--archive", str(sink), "--target", broker.amqp_uri, "--map-queue", f"{queue}={restored}")
     assert replayed.returncode == 0, output(replayed)
     assert "350 replayed" in replayed.stdout
