@@ -31,7 +31,7 @@ from bridge.timespec import format_time
 from sinks import Sink
 
 LEDGER = "_ledger"
-LEDGERS_IN_FLIGHT = 16  # sources whose ledger is read at once
+LEDGERS_IN_FLIGHT = 16  # ledgers, and entries of one ledger, read at once
 
 
 class Event(enum.StrEnum):
@@ -88,10 +88,11 @@ async def write_entry(sink: Sink, prefix: str, source: Source, entry: LedgerEntr
 
 async def read_ledger(sink: Sink, prefix: str, source: Source) -> list[LedgerEntry]:
     """The source's ledger, oldest first; an unreadable entry is an ArchiveCorrupt naming its key."""
-    entries = []
-    async for info in sink.list(ledger_prefix(prefix, source)):
-        data = await sink.get(info.key)
-        entries.append(decode_object(data, info.key, "ledger entry", LedgerEntry.from_fields))
+    keys = [info.key async for info in sink.list(ledger_prefix(prefix, source))]
+    datas = await at_most(LEDGERS_IN_FLIGHT, [sink.get(key) for key in keys])
+    entries = [
+        decode_object(data, key, "ledger entry", LedgerEntry.from_fields) for key, data in zip(keys, datas, strict=True)
+    ]
     return sorted(entries, key=lambda e: e.at_ns)
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger("warren.ledger")
 # This process, as the ledger names it: host, pid and start time tell two runs apart.
 RUN = f"{socket.gethostname()}/{os.getpid()}/{time.time_ns()}"
 CLOSE_TIMEOUT = 5.0  # seconds a stopping archiver gives its last notes
+REFUSED_CLOSE_TIMEOUT = 1.0  # ... when the sink refused the last attempt
 
 
 class LedgerNotes:
@@ -42,6 +43,7 @@ class LedgerNotes:
         self._pending: deque[LedgerEntry] = deque()
         self._writing: asyncio.Task[None] | None = None
         self._last_at = 0
+        self._refused = False  # the last attempt failed: a stopping archiver does not wait long on such a sink
 
     def note(
         self, event: Event, *, reason: str | None = None, from_offset: int | None = None, to_offset: int | None = None
@@ -63,6 +65,7 @@ class LedgerNotes:
             try:
                 await write_entry(self.sink, self.prefix, self.source, entry)
             except SinkError as err:
+                self._refused = True
                 if not err.retryable:
                     log.error(
                         "cannot write a gap-ledger note; dropped",
@@ -72,16 +75,19 @@ class LedgerNotes:
                     continue
                 await asyncio.sleep(backoff.next_delay())
                 continue
+            self._refused = False
             backoff = Backoff(0.2, max_delay=30.0)
             self._pending.popleft()
 
     async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Write what is pending, for at most `timeout` seconds."""
+        """Write what is pending, for at most `timeout` seconds (one, if the sink refuses writes now)."""
         writing = self._writing
         if writing is None:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(writing), timeout)
+            await asyncio.wait_for(
+                asyncio.shield(writing), min(timeout, REFUSED_CLOSE_TIMEOUT) if self._refused else timeout
+            )
         if not writing.done():
             writing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -104,8 +104,6 @@ class StreamSource:
             lost.set()
 
         start = self.start_from()
-        if start.kind == "offset" and start.value is not None and self._has_archived():
-            await self._check_retention(start.value)
         subscription = await self.endpoint.subscribe(
             self.config.stream,
             self._on_chunk,
@@ -116,6 +114,11 @@ class StreamSource:
             on_close=on_close,
         )
         self._subscription = subscription
+        checking: asyncio.Future[None] | None = None
+        if start.kind == "offset" and start.value is not None and self._has_archived():
+            # Beside the session, not before it: the probe takes a connection's set-up and tear-down.
+            checking = asyncio.ensure_future(self._check_retention(start.value))
+            checking.add_done_callback(_retention_unchecked)
         try:
             consuming()
             log.info("archiving", extra={"source": self.name, "from_offset": start.value, "spec": start.kind})
@@ -133,6 +136,8 @@ class StreamSource:
                 raise StreamConnectionLost("the connection closed", self.endpoint.redacted())
         finally:
             self._subscription = None
+            if checking is not None:
+                checking.cancel()
             await subscription.close()
 
     def _on_chunk(self, chunk: Chunk, chunk_ts_ms: int) -> Awaitable[None] | None:
@@ -155,7 +160,7 @@ class StreamSource:
         return self._last_offset is not None or self.writer.committed_offset is not None
 
     async def _check_retention(self, wanted: int) -> None:
-        """Before resuming at `wanted`: if the stream's retention removed it meanwhile, the offsets up to
+        """Resuming at `wanted`: if the stream's retention removed it meanwhile, the offsets up to
         the oldest one left never reach the archive, and that is said aloud (log and gap ledger). The
         offsets in between include some the broker spent on offset tracking, so "up to" that many messages."""
         first = await self.endpoint.first_offset(
@@ -174,6 +179,12 @@ class StreamSource:
         if subscription is not None and durable.last_offset is not None:
             task = asyncio.ensure_future(subscription.store_offset(durable.last_offset))
             task.add_done_callback(_ignore_failure)
+
+
+def _retention_unchecked(task: asyncio.Future[None]) -> None:
+    # Losing the probe's connection loses nothing: the session's own failure, if any, is what counts.
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not check the stream's retention", extra={"reason": str(task.exception())})
 
 
 def _ignore_failure(task: asyncio.Future[None]) -> None:

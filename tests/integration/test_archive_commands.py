@@ -174,8 +174,10 @@ def test_ls_json_is_one_array_with_counts_sizes_and_times_per_source(archive):
     assert set(by_name) == {ORDERS.name, PAYMENTS.name, EVENTS.name}
     for entry in listed:
         assert set(entry) == {
-            "source", "vhost", "kind", "records", "copies", "possible_copies", "segments", "bytes", "first", "last"
+            "source", "vhost", "kind", "records", "copies", "possible_copies", "segments", "bytes", "first", "last",
+            "gaps", "lost_offsets",
         }  # fmt: skip
+        assert (entry["gaps"], entry["lost_offsets"]) == ([], 0)  # written without an archiver: no ledger
         assert (entry["copies"], entry["possible_copies"]) == (0, 0)  # nothing was delivered twice
     for source, records, first, last in [
         (ORDERS, 30, "2024-05-01T10:01:00Z", "2024-05-01T10:30:00Z"),
