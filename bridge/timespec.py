@@ -50,6 +50,18 @@ def parse_duration(text: str, *, what: str = "duration") -> int:
     return int(float(m[1]) * _UNIT_SECONDS[m[2]] * 1_000_000_000)
 
 
+def format_duration(ns: int) -> str:
+    """`21.5s`, `20m00s`, `3h05m`: how long a spell lasted, for a person to read."""
+    seconds = ns / 1e9
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
 def format_span(first_ns: int | None, last_ns: int | None) -> str:
     """`first .. last` in RFC 3339, or `-` when there is nothing between them."""
     if first_ns is None or last_ns is None:

@@ -27,7 +27,7 @@ from bridge.archive.record import Source
 from bridge.archive.segment import SegmentIndex
 from bridge.archive.small_object import decode_object, encode_object
 from bridge.concurrency import at_most
-from bridge.timespec import format_time
+from bridge.timespec import format_duration, format_span, format_time
 from sinks import Sink
 
 LEDGER = "_ledger"
@@ -96,10 +96,6 @@ async def read_ledger(sink: Sink, prefix: str, source: Source) -> list[LedgerEnt
     return sorted(entries, key=lambda e: e.at_ns)
 
 
-def is_ledger_key(key: str) -> bool:
-    return f"/{LEDGER}/" in key
-
-
 async def entry_keys(sink: Sink, prefix: str, source: Source) -> list[tuple[int, str]]:
     """The source's ledger entries as (time, key), oldest first, from their names alone."""
     found = []
@@ -138,8 +134,8 @@ class Gap:
             return f"{format_time(self.start_ns)}  {lost}: {self.reason}"
         if self.end_ns is None:
             return f"{format_time(self.start_ns)} .. (open)  not archived since: {self.reason}"
-        took = _duration_ns(self.end_ns - self.start_ns)
-        return f"{format_time(self.start_ns)} .. {format_time(self.end_ns)} ({took})  not archived: {self.reason}"
+        took = format_duration(self.end_ns - self.start_ns)
+        return f"{format_span(self.start_ns, self.end_ns)} ({took})  not archived: {self.reason}"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -218,14 +214,3 @@ async def archive_gaps(sink: Sink, indexes: list[SegmentIndex], prefix: str = ""
     sources = sorted({i.source for i in indexes})
     found = await at_most(LEDGERS_IN_FLIGHT, [source_gaps(sink, prefix, s, indexes) for s in sources])
     return dict(zip(sources, found, strict=True))
-
-
-def _duration_ns(ns: int) -> str:
-    seconds = ns / 1e9
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"

@@ -25,7 +25,7 @@ from bridge.archive.record import Source
 from bridge.archive.segment import SegmentIndex
 from bridge.archive.timeline import DEFAULT_WIDTH, Timeline, timeline
 from bridge.errors import EXIT_OK, ConfigError
-from bridge.metrics.listen import ListenAddress, is_loopback, parse_listen
+from bridge.metrics.listen import ListenAddress, is_loopback, parse_listen, start_app
 from bridge.timespec import format_time, parse_time
 from protocol.loop import run
 from sinks import Sink, open_sink, redact_url
@@ -127,15 +127,8 @@ async def serve(uri: str, address: ListenAddress, ready: asyncio.Event | None = 
     """Serve until SIGINT or SIGTERM."""
     async with open_sink(uri) as sink:
         archive = redact_url(uri)
-        runner = web.AppRunner(make_app(ArchiveView(sink), archive), access_log=None, handle_signals=False)
-        await runner.setup()
+        runner, port = await start_app(make_app(ArchiveView(sink), archive), address, "--listen")
         try:
-            site = web.TCPSite(runner, address.host, address.port)
-            try:
-                await site.start()
-            except OSError as err:
-                raise ConfigError(f"--listen {address}: cannot listen there ({err.strerror})") from None
-            port = runner.addresses[0][1]
             if not is_loopback(address.host):
                 log.warning("the archive's page is served beyond this host", extra={"listen": str(address)})
             print(f"serving {archive} on http://{ListenAddress(address.host, port)}/ (Ctrl-C stops)", flush=True)

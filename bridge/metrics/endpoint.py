@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from bridge.errors import ConfigError
-from bridge.metrics.listen import ListenAddress, is_loopback
+from bridge.metrics.listen import ListenAddress, is_loopback, start_app
 
 log = logging.getLogger("warren.metrics")
 
@@ -44,15 +43,7 @@ class MetricsEndpoint:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.address.host, self.address.port)
-        try:
-            await site.start()
-        except OSError as err:
-            await self._runner.cleanup()
-            raise ConfigError(f"metrics-listen {self.address}: cannot listen there ({err.strerror})") from None
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await start_app(app, self.address, "metrics-listen")
         if not is_loopback(self.address.host):
             log.warning("metrics served beyond this host", extra={"listen": str(self.address)})
         log.info("metrics served", extra={"listen": str(ListenAddress(self.address.host, self.port))})

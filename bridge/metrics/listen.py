@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from bridge.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -42,3 +44,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+async def start_app(app: web.Application, address: ListenAddress, what: str) -> tuple[web.AppRunner, int]:
+    """Serve `app` at `address` (a taken port is a ConfigError naming `what`): the runner, to clean up
+    when done, and the port bound (differs from the one asked for when that is 0)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, address.host, address.port).start()
+    except OSError as err:
+        await runner.cleanup()
+        raise ConfigError(f"{what} {address}: cannot listen there ({err.strerror})") from None
+    return runner, runner.addresses[0][1]

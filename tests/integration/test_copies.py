@@ -211,7 +211,7 @@ def test_identical_messages_through_archiver_kills_replay_to_exactly_the_confirm
     # Windowed: two windows that meet between two records, the second holding a copy of a record in the
     # first. A quorum run may leave only possible copies (above), which every replay keeps: then the two
     # windows meet in the middle and must still add up to the whole.
-    cut = _cut_with_copy_across(records, copies) if copies or queue_type == "classic" else _middle_cut(records)
+    cut = _cut(records, across=copies if copies or queue_type == "classic" else None)
     until = -(-records[cut].captured_ns // 1000) * 1000  # rounded up to the microsecond the CLI takes
     since = until + 1000
     windows = [("--until", rfc3339(until)), ("--since", rfc3339(since))]
@@ -227,23 +227,20 @@ def test_identical_messages_through_archiver_kills_replay_to_exactly_the_confirm
     print(f"\n{COUNT} identical messages, {len(copies)} copies proven; {note}")
 
 
-def _cut_with_copy_across(records: list[Record], copies: list[Record]) -> int:
-    """An index i with a gap of more than 3 µs after record i, and a copy after it of a record up to it
-    (so the second window holds a copy whose original is in the first), as near the middle as can be."""
+def _cut(records: list[Record], across: list[Record] | None = None) -> int:
+    """An index i with a gap of more than 3 µs after record i, as near the middle as can be; with `across`,
+    also a copy after it of a record up to it (so the second window holds a copy whose original is in the
+    first)."""
     candidates = [
         i
         for i in range(len(records) - 1)
         if records[i + 1].captured_ns - records[i].captured_ns > 3000
-        and any(c.seq > records[i].seq and c.copy_of is not None and c.copy_of <= records[i].seq for c in copies)
+        and (
+            across is None
+            or any(c.seq > records[i].seq and c.copy_of is not None and c.copy_of <= records[i].seq for c in across)
+        )
     ]
-    assert candidates, "no place to cut the archive in two with a copy on each side"
-    return min(candidates, key=lambda i: abs(i - len(records) // 2))
-
-
-def _middle_cut(records: list[Record]) -> int:
-    """An index i with a gap of more than 3 µs after record i, as near the middle as can be."""
-    candidates = [i for i in range(len(records) - 1) if records[i + 1].captured_ns - records[i].captured_ns > 3000]
-    assert candidates, "no place to cut the archive in two"
+    assert candidates, f"no place to cut the archive in two{' with a copy on each side' if across is not None else ''}"
     return min(candidates, key=lambda i: abs(i - len(records) // 2))
 
 
