@@ -166,7 +166,13 @@ class StreamSource:
         first = await self.endpoint.first_offset(
             self.config.stream, connection_name=f"warren archiver: {self.config.stream}"
         )
-        if first is None or first <= wanted:
+        if first is None:
+            log.warning(
+                "could not read the stream's oldest offset in time: offsets its retention removed, if any, go unnoted",
+                extra={"source": self.name, "from_offset": wanted},
+            )
+            return
+        if first <= wanted:
             return
         log.error(
             "stream offsets were removed by the stream's retention before they were archived",

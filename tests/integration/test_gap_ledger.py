@@ -7,7 +7,10 @@ ls`, `inspect --gaps`, `verify`, the timeline, the metrics and a replay's summar
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
+
+import pika
 
 from bridge.archive.ledger import RETENTION, UNANNOUNCED
 from bridge.harness.nodes import free_port
@@ -83,6 +86,28 @@ def sized(count: int, stream: str, *, start: int = 0) -> list[Outgoing]:
     return [replace(m, body=m.body + b"." * 1000) for m in simple_messages(count, stream, start=start)]
 
 
+def oldest_offset(uri: str, stream: str) -> int:
+    """The stream's oldest offset, as a pika consumer from "first" sees it; the connection is closed, not
+    the consumer cancelled (a stream refuses the nack of what was prefetched)."""
+    connection = pika.BlockingConnection(pika.URLParameters(uri))
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=1)
+        seen: list[int] = []
+        channel.basic_consume(
+            stream,
+            lambda _ch, _method, properties, _body: seen.append(int(properties.headers["x-stream-offset"])),
+            arguments={"x-stream-offset": "first"},
+        )
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            connection.process_data_events(time_limit=0.2)
+        assert seen, f"no message in stream {stream!r}"
+        return seen[0]
+    finally:
+        connection.close()
+
+
 def test_stream_offsets_removed_by_retention_before_archiving_are_told_everywhere(broker, archivers, tmp_path):
     stream = "ledger.events"
     sink = tmp_path / "archive"
@@ -113,6 +138,11 @@ def test_stream_offsets_removed_by_retention_before_archiving_are_told_everywher
     last_archived = read_archive(sink, source)[-1].offset
 
     publish(broker.amqp_uri, sized(1000, stream, start=110))  # 1 MB: 5 times the cap
+    wait_until(  # the broker applies retention in its own time
+        lambda: oldest_offset(broker.amqp_uri, stream) > last_archived + 1,
+        timeout=60,
+        what="the stream's retention to remove what the archiver has not read",
+    )
     archiver = archivers.start("--config", str(config), "--metrics-listen", str(port))
     archiver.wait_for_log("removed by the stream's retention", timeout=60)
     name = str(source)
