@@ -135,13 +135,14 @@ def amqp_record_map(
     snapshot: int | None = None,
 ) -> dict[str, Any]:
     """The record map of a message consumed over AMQP 0-9-1; filter fields are decoded only if cheap."""
+    raw = message.raw_properties
     m: dict[str, Any] = {
         K_KIND: RecordKind.AMQP091,
         K_SEQ: seq,
         K_CAPTURED: captured_ns,
         K_EXCHANGE: message.exchange,
         K_ROUTING_KEY: message.routing_key,
-        K_PROPS: message.raw_properties,
+        K_PROPS: raw,
         K_BODY: message.body,
     }
     if message.redelivered:
@@ -152,7 +153,12 @@ def amqp_record_map(
         m[K_COPY_OF if mark.proven else K_POSSIBLE_COPY_OF] = mark.seq
     if snapshot is not None:
         m[K_SNAPSHOT] = snapshot
-    _add_filter_fields(m, message.raw_properties)
+    if len(raw) > 1 and raw[1] & 0xC0:  # message-id or timestamp present: worth the walk
+        message_id, timestamp = filter_fields(raw)
+        if message_id is not None:
+            m[K_MESSAGE_ID] = message_id
+        if timestamp is not None:
+            m[K_TIMESTAMP] = timestamp
     return m
 
 
@@ -167,14 +173,6 @@ def stream_record_map(seq: int, captured_ns: int, encoded: bytes, offset: int, c
     }
 
 
-def _add_filter_fields(m: dict[str, Any], raw: bytes) -> None:
-    message_id, timestamp = filter_fields(raw)
-    if message_id is not None:
-        m[K_MESSAGE_ID] = message_id
-    if timestamp is not None:
-        m[K_TIMESTAMP] = timestamp
-
-
 _u32 = struct.Struct(">I")
 _u64 = struct.Struct(">Q")
 
@@ -183,34 +181,40 @@ def filter_fields(raw: bytes) -> tuple[str | None, int | None]:
     """message-id and timestamp out of a property section, by walking the fields before them.
 
     Decoding every property (pamqp) costs more than the rest of the record, and these two sit early
-    in the section, behind at most one table that can be skipped by its length.
+    in the section, behind at most one table that can be skipped by its length. Straight-line on
+    purpose: this runs for every archived message.
     """
     if len(raw) < 2:
         return None, None
-    flags = int.from_bytes(raw[:2], "big")
+    flags = raw[0] << 8 | raw[1]
     if not flags & 0x00C0:  # neither message-id (bit 7) nor timestamp (bit 6)
         return None, None
     pos = 2
-    while int.from_bytes(raw[pos - 2 : pos], "big") & 1:  # further flag words follow
-        pos += 2
     try:
-        for bit in (15, 14):  # content-type, content-encoding: shortstr
-            if flags & (1 << bit):
-                pos += 1 + raw[pos]
-        if flags & (1 << 13):  # headers: table, skipped whole
+        while raw[pos - 1] & 1:  # further flag words follow (none are defined; skipped)
+            pos += 2
+        if flags & 0x8000:  # content-type: shortstr
+            pos += 1 + raw[pos]
+        if flags & 0x4000:  # content-encoding: shortstr
+            pos += 1 + raw[pos]
+        if flags & 0x2000:  # headers: table, skipped whole
             pos += 4 + _u32.unpack_from(raw, pos)[0]
-        for bit in (12, 11):  # delivery-mode, priority: octet
-            if flags & (1 << bit):
-                pos += 1
-        for bit in (10, 9, 8):  # correlation-id, reply-to, expiration: shortstr
-            if flags & (1 << bit):
-                pos += 1 + raw[pos]
+        if flags & 0x1000:  # delivery-mode: octet
+            pos += 1
+        if flags & 0x0800:  # priority: octet
+            pos += 1
+        if flags & 0x0400:  # correlation-id: shortstr
+            pos += 1 + raw[pos]
+        if flags & 0x0200:  # reply-to: shortstr
+            pos += 1 + raw[pos]
+        if flags & 0x0100:  # expiration: shortstr
+            pos += 1 + raw[pos]
         message_id = None
-        if flags & (1 << 7):
+        if flags & 0x0080:
             length = raw[pos]
             message_id = raw[pos + 1 : pos + 1 + length].decode("utf-8", "replace")
             pos += 1 + length
-        timestamp = _u64.unpack_from(raw, pos)[0] if flags & (1 << 6) else None
+        timestamp = _u64.unpack_from(raw, pos)[0] if flags & 0x0040 else None
     except (IndexError, struct.error):
         return None, None  # a malformed section is archived as is; only the filter fields are lost
     return message_id, timestamp

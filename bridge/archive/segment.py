@@ -34,6 +34,7 @@ from bridge.archive.record import (
     K_POSSIBLE_COPY_OF,
     K_SEQ,
     K_SNAPSHOT,
+    CopyMark,
     Record,
     RecordKind,
     Source,
@@ -131,6 +132,26 @@ class _Stats:
         if snapshot is not None:
             self.snapshot = snapshot
 
+    def add_captured(self, seq: int, captured_ns: int, mark: CopyMark | None, snapshot: int | None) -> None:
+        """`add` for a queue record, told its fields instead of looking them up: its time is its capture
+        time and it has no offset."""
+        if self.records == 0:
+            self.first_seq, self.first_captured_ns = seq, captured_ns
+            self.min_time_ns = self.max_time_ns = captured_ns
+        elif captured_ns < self.min_time_ns:
+            self.min_time_ns = captured_ns
+        elif captured_ns > self.max_time_ns:
+            self.max_time_ns = captured_ns
+        self.records += 1
+        self.last_seq, self.last_captured_ns = seq, captured_ns
+        if mark is not None:
+            if mark.proven:
+                self.copies += 1
+            else:
+                self.possible_copies += 1
+        if snapshot is not None:
+            self.snapshot = snapshot
+
     def add_run(self, first_seq: int, last_seq: int, captured_ns: int, time_ns: int, offsets: tuple[int, int]) -> None:
         """Records first_seq..last_seq at once: one stream chunk's (or the part of it in one block)."""
         if self.records == 0:
@@ -214,10 +235,7 @@ class SegmentBuilder:
         self._closed_stats = _Stats()  # of the finished blocks: each record is counted once, in its block
         self._header: bytes | None = None
         self._written = 0  # bytes of header and finished blocks
-
-    @property
-    def records(self) -> int:
-        return self._closed_stats.records + self._block_stats.records
+        self.records = 0
 
     @property
     def stats(self) -> _Stats:
@@ -234,7 +252,23 @@ class SegmentBuilder:
             self._written = len(self._header)
         self._raw += self._packer.pack(record)
         self._block_stats.add(record)
+        self.records += 1
         if len(self._raw) >= self._block_bytes:
+            self._close_block()
+
+    def add_queue_record(
+        self, record: dict[str, Any], seq: int, captured_ns: int, mark: CopyMark | None, snapshot: int | None
+    ) -> None:
+        """`add` for an `amqp_record_map` of these fields, the hot path of queue archiving: the statistics
+        are kept from the arguments, not read back out of the map."""
+        if self._header is None:
+            self._header = self._encode_header(seq)
+            self._written = len(self._header)
+        raw = self._raw
+        raw += self._packer.pack(record)
+        self._block_stats.add_captured(seq, captured_ns, mark, snapshot)
+        self.records += 1
+        if len(raw) >= self._block_bytes:
             self._close_block()
 
     def add_stream_chunk(
@@ -291,6 +325,7 @@ class SegmentBuilder:
             self._block_stats.add_run(
                 first_seq + run_start - start, seq - 1, captured_ns, time_ns, (chunk[run_start][0], chunk[i - 1][0])
             )
+        self.records += i - start
         return i - start
 
     def finish(self) -> bytes:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -207,6 +208,8 @@ class SegmentWriter:
         self._last_durable: _Finished | None = None
         self._ager: asyncio.Task[None] | None = None
         self._sizer = SegmentSizer(self.policy.window) if self.policy.window else None
+        self._roll_records = sys.maxsize
+        self._size_segments()
         self.recent: deque[str] = deque(maxlen=RECENT_SEGMENTS)  # keys of the newest durable segments, in order
 
     # ---- life cycle ------------------------------------------------------------------------
@@ -272,9 +275,18 @@ class SegmentWriter:
         snapshot: int | None = None,
     ) -> int:
         captured = self.clock()
-        seq = self._seq_for(captured)
+        builder = self._builder
+        if builder is None or captured >= self._partition_end or self.error is not None:
+            self._open_for(captured)
+            builder = self._builder
+            assert builder is not None
+        seq = self.next_seq
+        self.next_seq = seq + 1
         record = amqp_record_map(seq, captured, message, fingerprint=fingerprint, mark=mark, snapshot=snapshot)
-        self._append(record, token)
+        builder.add_queue_record(record, seq, captured, mark, snapshot)
+        self._last_token = token
+        if builder.records >= self._roll_records or builder.size >= self.policy.max_bytes:
+            self.roll()
         return seq
 
     def append_stream(self, encoded: bytes, offset: int, chunk_ts_ms: int, *, token: Any = None) -> int:
@@ -331,12 +343,13 @@ class SegmentWriter:
             self._partition_end = layout.partition_start_ns(captured_ns) + HOUR_NS
             self._opened_at = time.monotonic()
 
+    def _size_segments(self) -> None:
+        """Records a segment holds before it rolls: the policy's cap, or the sizer's choice if smaller."""
+        limits = [self.policy.max_records, self._sizer.records if self._sizer is not None else None]
+        self._roll_records = min((n for n in limits if n is not None), default=sys.maxsize)
+
     def _full(self, builder: SegmentBuilder) -> bool:
-        return (
-            builder.size >= self.policy.max_bytes
-            or (self.policy.max_records is not None and builder.records >= self.policy.max_records)
-            or (self._sizer is not None and builder.records >= self._sizer.records)
-        )
+        return builder.size >= self.policy.max_bytes or builder.records >= self._roll_records
 
     def _append(self, record: dict[str, Any], token: Any) -> None:
         builder = self._builder
@@ -440,6 +453,7 @@ class SegmentWriter:
             now = time.monotonic()
             if self._sizer is not None:
                 self._sizer.observe(head.records, head.rolled - head.opened, now - head.rolled)
+                self._size_segments()
             if self.observer is not None:
                 self.observer.segment_durable(head.records, len(head.data), now - head.opened)
             self._last_durable = head
