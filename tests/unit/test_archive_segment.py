@@ -16,8 +16,16 @@ from hypothesis import strategies as st
 
 from bridge.archive.layout import SegmentKey
 from bridge.archive.reader import list_segments, read_index, read_records
-from bridge.archive.record import Record, RecordKind, Source, SourceKind, filter_fields
-from bridge.archive.segment import HEADER_FIXED, TRAILER_SIZE, SegmentIndex, verify_segment
+from bridge.archive.record import (
+    CopyMark,
+    Record,
+    RecordKind,
+    Source,
+    SourceKind,
+    amqp_record_map,
+    filter_fields,
+)
+from bridge.archive.segment import HEADER_FIXED, TRAILER_SIZE, SegmentBuilder, SegmentIndex, verify_segment
 from bridge.archiver.writer import RollPolicy, SegmentWriter
 from bridge.errors import ArchiveCorrupt
 from protocol.core.message import PROPERTY_NAMES, Message, decode_properties
@@ -224,6 +232,31 @@ def test_stream_records_keep_body_offset_and_chunk_timestamp(chunks):
         assert record.offset == offset
         assert record.chunk_ts_ms == chunk_ts
         assert record.time_ns == chunk_ts * 1_000_000
+
+
+@given(
+    deliveries=st.lists(
+        st.tuples(
+            property_dicts,
+            st.integers(0, 2**62),  # capture times in any order: a clock may step back
+            st.sampled_from([None, CopyMark(1, proven=True), CopyMark(1, proven=False)]),
+            st.sampled_from([None, 1_700_000_000_000_000_000]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_queue_record_fast_path_writes_the_segment_the_general_one_does(deliveries):
+    general = SegmentBuilder(QUEUE, created_ns=1, block_bytes=BLOCK_BYTES)
+    fast = SegmentBuilder(QUEUE, created_ns=1, block_bytes=BLOCK_BYTES)
+    for seq, (props, captured, mark, snapshot) in enumerate(deliveries, start=1):
+        message = Message.build(b"body %d" % seq, props, exchange="x", routing_key="r")
+        general.add(amqp_record_map(seq, captured, message, mark=mark, snapshot=snapshot))
+        fast.add_queue_record(
+            amqp_record_map(seq, captured, message, mark=mark, snapshot=snapshot), seq, captured, mark, snapshot
+        )
+    assert fast.records == general.records == len(deliveries)
+    assert fast.finish() == general.finish()  # footer statistics included
 
 
 @given(props=property_dicts)
