@@ -153,12 +153,11 @@ def amqp_record_map(
         m[K_COPY_OF if mark.proven else K_POSSIBLE_COPY_OF] = mark.seq
     if snapshot is not None:
         m[K_SNAPSHOT] = snapshot
-    if len(raw) > 1 and raw[1] & 0xC0:  # message-id or timestamp present: worth the walk
-        message_id, timestamp = filter_fields(raw)
-        if message_id is not None:
-            m[K_MESSAGE_ID] = message_id
-        if timestamp is not None:
-            m[K_TIMESTAMP] = timestamp
+    message_id, timestamp = filter_fields(raw)
+    if message_id is not None:
+        m[K_MESSAGE_ID] = message_id
+    if timestamp is not None:
+        m[K_TIMESTAMP] = timestamp
     return m
 
 

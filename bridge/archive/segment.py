@@ -235,7 +235,10 @@ class SegmentBuilder:
         self._closed_stats = _Stats()  # of the finished blocks: each record is counted once, in its block
         self._header: bytes | None = None
         self._written = 0  # bytes of header and finished blocks
-        self.records = 0
+
+    @property
+    def records(self) -> int:
+        return self._closed_stats.records + self._block_stats.records
 
     @property
     def stats(self) -> _Stats:
@@ -247,12 +250,8 @@ class SegmentBuilder:
         return self._written + len(self._raw)
 
     def add(self, record: dict[str, Any]) -> None:
-        if self._header is None:
-            self._header = self._encode_header(record[K_SEQ])
-            self._written = len(self._header)
-        self._raw += self._packer.pack(record)
+        self._pack(record, record[K_SEQ])
         self._block_stats.add(record)
-        self.records += 1
         if len(self._raw) >= self._block_bytes:
             self._close_block()
 
@@ -261,15 +260,16 @@ class SegmentBuilder:
     ) -> None:
         """`add` for an `amqp_record_map` of these fields, the hot path of queue archiving: the statistics
         are kept from the arguments, not read back out of the map."""
+        self._pack(record, seq)
+        self._block_stats.add_captured(seq, captured_ns, mark, snapshot)
+        if len(self._raw) >= self._block_bytes:
+            self._close_block()
+
+    def _pack(self, record: dict[str, Any], seq: int) -> None:
         if self._header is None:
             self._header = self._encode_header(seq)
             self._written = len(self._header)
-        raw = self._raw
-        raw += self._packer.pack(record)
-        self._block_stats.add_captured(seq, captured_ns, mark, snapshot)
-        self.records += 1
-        if len(raw) >= self._block_bytes:
-            self._close_block()
+        self._raw += self._packer.pack(record)
 
     def add_stream_chunk(
         self,
@@ -325,7 +325,6 @@ class SegmentBuilder:
             self._block_stats.add_run(
                 first_seq + run_start - start, seq - 1, captured_ns, time_ns, (chunk[run_start][0], chunk[i - 1][0])
             )
-        self.records += i - start
         return i - start
 
     def finish(self) -> bytes:

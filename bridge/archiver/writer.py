@@ -208,7 +208,6 @@ class SegmentWriter:
         self._last_durable: _Finished | None = None
         self._ager: asyncio.Task[None] | None = None
         self._sizer = SegmentSizer(self.policy.window) if self.policy.window else None
-        self._roll_records = sys.maxsize
         self._size_segments()
         self.recent: deque[str] = deque(maxlen=RECENT_SEGMENTS)  # keys of the newest durable segments, in order
 
@@ -275,17 +274,13 @@ class SegmentWriter:
         snapshot: int | None = None,
     ) -> int:
         captured = self.clock()
+        seq = self._seq_for(captured)
         builder = self._builder
-        if builder is None or captured >= self._partition_end or self.error is not None:
-            self._open_for(captured)
-            builder = self._builder
-            assert builder is not None
-        seq = self.next_seq
-        self.next_seq = seq + 1
+        assert builder is not None
         record = amqp_record_map(seq, captured, message, fingerprint=fingerprint, mark=mark, snapshot=snapshot)
         builder.add_queue_record(record, seq, captured, mark, snapshot)
         self._last_token = token
-        if builder.records >= self._roll_records or builder.size >= self.policy.max_bytes:
+        if self._full(builder):
             self.roll()
         return seq
 
@@ -326,9 +321,12 @@ class SegmentWriter:
         self.raise_if_failed()
 
     def _seq_for(self, captured_ns: int) -> int:
-        self._open_for(captured_ns)
+        """The next record's number, in a segment open for `captured_ns` (per record: the open segment's
+        usual case is checked here, without a call)."""
+        if self._builder is None or captured_ns >= self._partition_end or self.error is not None:
+            self._open_for(captured_ns)
         seq = self.next_seq
-        self.next_seq += 1
+        self.next_seq = seq + 1
         return seq
 
     def _open_for(self, captured_ns: int) -> None:
