@@ -15,6 +15,7 @@ from bridge.archive.segment import (
     HEADER_FIXED,
     MAGIC,
     TRAILER_SIZE,
+    BlockEntry,
     SegmentIndex,
     first_seq_from_name,
     footer_length,
@@ -185,6 +186,15 @@ class TimeRange:
         if self.clock is not None:
             return {"since_ns": None, "until_ns": None}
         return {"since_ns": self.since_ns, "until_ns": self.until_ns}
+
+    def holds_block(self, entry: BlockEntry) -> bool:
+        """Whether every record of a block is in the window, by its footer entry (which indexes
+        `Record.time_ns`, so only without a clock of its own)."""
+        return (
+            self.clock is None
+            and (self.since_ns is None or entry.min_time_ns >= self.since_ns)
+            and (self.until_ns is None or entry.max_time_ns <= self.until_ns)
+        )
 
     def holds(self, record: Record) -> bool:
         t = record_time(record, self.clock)

@@ -554,27 +554,36 @@ def decode_block(data: bytes | memoryview, entry: BlockEntry, name: str) -> list
     return records
 
 
-def iter_records(
+def iter_blocks(
     data: bytes, name: str, *, since_ns: int | None = None, until_ns: int | None = None
-) -> Iterator[Record]:
-    """Every record of a segment in sequence order, skipping blocks entirely outside [since, until]."""
+) -> Iterator[tuple[BlockEntry, list[Record]]]:
+    """Each block of a segment with its records, in sequence order, skipping blocks entirely outside
+    [since, until] by the footer index; a replay handles a block's records at once rather than one by one."""
     index = read_index(data, name)
     expected = index.first_seq
     view = memoryview(data)
     for entry in index.blocks:
-        if since_ns is not None and entry.max_time_ns < since_ns:
+        if (since_ns is not None and entry.max_time_ns < since_ns) or (
+            until_ns is not None and entry.min_time_ns > until_ns
+        ):
             expected += entry.records
             continue
-        if until_ns is not None and entry.min_time_ns > until_ns:
-            expected += entry.records
-            continue
-        for record in decode_block(view, entry, name):
+        records = decode_block(view, entry, name)
+        for record in records:
             if record.seq != expected:
                 raise ArchiveCorrupt(
                     f"record sequence {record.seq} where {expected} was expected", segment=name, offset=entry.position
                 )
             expected += 1
-            yield record
+        yield entry, records
+
+
+def iter_records(
+    data: bytes, name: str, *, since_ns: int | None = None, until_ns: int | None = None
+) -> Iterator[Record]:
+    """Every record of a segment in sequence order, skipping blocks entirely outside [since, until]."""
+    for _, records in iter_blocks(data, name, since_ns=since_ns, until_ns=until_ns):
+        yield from records
 
 
 def verify_segment(data: bytes, name: str) -> SegmentIndex:

@@ -48,14 +48,15 @@ class ConfirmWindow:
     def settle_through(self, publish_id: int) -> bool:
         """The target confirmed every publish up to `publish_id` (acked or nacked: a nack is also
         `refuse`d). Whether the window moved."""
-        moved = False
         in_flight = self._in_flight
+        settled = []
         while in_flight and in_flight[0][0] <= publish_id:
-            self._settle(in_flight.popleft())
-            moved = True
-        if moved:
-            self._changed.set()
-        return moved
+            settled.append(in_flight.popleft())
+        if not settled:
+            return False
+        self._settle(settled)
+        self._changed.set()
+        return True
 
     def confirm(self, publish_id: int) -> bool:
         """The target confirmed `publish_id`, in whatever order confirms come. Whether the window moved."""
@@ -63,11 +64,12 @@ class ConfirmWindow:
         if not in_flight or in_flight[0][0] != publish_id:
             self._confirmed_early.add(publish_id)
             return False
-        self._settle(in_flight.popleft())
+        settled = [in_flight.popleft()]
         early = self._confirmed_early
         while in_flight and in_flight[0][0] in early:
             early.discard(in_flight[0][0])
-            self._settle(in_flight.popleft())
+            settled.append(in_flight.popleft())
+        self._settle(settled)
         self._changed.set()
         return True
 
@@ -102,11 +104,15 @@ class ConfirmWindow:
                 return False
         return not self._in_flight
 
-    def _settle(self, entry: tuple[int, int, Record | None]) -> None:
-        _, seq, record = entry
-        self.progress.confirmed_seq = seq
-        if record is not None and not self.refusals:
-            outcome = self.outcome
-            outcome.replayed += 1
-            outcome.bytes += len(record.body)
-            outcome.covered(record)
+    def _settle(self, settled: list[tuple[int, int, Record | None]]) -> None:
+        """Count what the target now holds, oldest first (a confirm settles up to a window at once)."""
+        self.progress.confirmed_seq = settled[-1][1]
+        if self.refusals:
+            return
+        records = [record for _, _, record in settled if record is not None]
+        if not records:
+            return
+        outcome = self.outcome
+        outcome.replayed += len(records)
+        outcome.bytes += sum(len(record.body) for record in records)
+        outcome.cover(min(r.time_ns for r in records), max(r.time_ns for r in records))

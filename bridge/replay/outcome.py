@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bridge.archive.ledger import Gap
-from bridge.archive.record import Record, Source
+from bridge.archive.record import Source
 from bridge.timespec import format_span
 
 GAPS_SHOWN = 5
@@ -31,10 +31,10 @@ class SourceOutcome:
     gaps: list[Gap] = field(default_factory=list)  # the gap ledger's, in the window replayed
     error: str | None = None
 
-    def covered(self, record: Record) -> None:
-        t = record.time_ns
-        self.first_ns = t if self.first_ns is None else min(self.first_ns, t)
-        self.last_ns = t if self.last_ns is None else max(self.last_ns, t)
+    def cover(self, first_ns: int, last_ns: int) -> None:
+        """The records replayed include times from `first_ns` to `last_ns`."""
+        self.first_ns = first_ns if self.first_ns is None else min(self.first_ns, first_ns)
+        self.last_ns = last_ns if self.last_ns is None else max(self.last_ns, last_ns)
 
     def line(self) -> str:
         span = format_span(self.first_ns, self.last_ns)

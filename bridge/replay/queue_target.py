@@ -56,7 +56,7 @@ class QueueRoute:
 
 
 async def replay_queue(
-    records: AsyncIterator[tuple[SegmentKey, Record]],
+    records: AsyncIterator[tuple[SegmentKey, list[Record]]],
     route: QueueRoute,
     outcome: SourceOutcome,
     progress: SourceProgress,
@@ -97,35 +97,42 @@ async def replay_queue(
         channel.on_return = on_return
         channel.on_confirm = on_confirm
 
-        async for segment, record in records:
+        async for segment, batch in records:
             if window.refused:
                 break
-            if record.kind is not RecordKind.AMQP091:
-                raise ReplayRefused(f"{segment.key}: record #{record.seq} is not an AMQP 0-9-1 message")
-            if record.copy_of is not None and not keep_duplicates:
-                outcome.skipped_duplicates += 1  # the archiver proved it a copy of an earlier record
-                window.passed_over(channel.published_seq, record.seq)
-                continue
-            destination = route.destination(record, outcome)
-            if destination is None:
-                window.passed_over(channel.published_seq, record.seq)
-                continue
-            exchange, routing_key, raw_properties = destination
-            outcome.possible_duplicates += record.possible_copy_of is not None
-            if rate is not None:
-                await rate.take()
-            if record.seq > progress.published_seq:
-                # Written ahead: a rerun knows that nothing past this mark can have reached the target.
-                progress.published_seq = record.seq + confirm_window
-                save_state(True)
-            if not keep_delivery_count:  # the source broker's count would make a restored message look like poison
-                raw_properties = without_delivery_count(raw_properties)
-            seq = await channel.publish(
-                exchange, routing_key, record.body, raw_properties=raw_properties, mandatory=True
-            )
-            window.sent(seq, record)
+            sent = sent_bytes = 0
+            for record in batch:
+                if record.kind is not RecordKind.AMQP091:
+                    raise ReplayRefused(f"{segment.key}: record #{record.seq} is not an AMQP 0-9-1 message")
+                if record.copy_of is not None and not keep_duplicates:
+                    outcome.skipped_duplicates += 1  # the archiver proved it a copy of an earlier record
+                    window.passed_over(channel.published_seq, record.seq)
+                    continue
+                destination = route.destination(record, outcome)
+                if destination is None:
+                    window.passed_over(channel.published_seq, record.seq)
+                    continue
+                exchange, routing_key, raw_properties = destination
+                if record.possible_copy_of is not None:
+                    outcome.possible_duplicates += 1
+                if rate is not None:
+                    await rate.take()
+                if record.seq > progress.published_seq:
+                    # Written ahead: a rerun knows that nothing past this mark can have reached the target.
+                    progress.published_seq = record.seq + confirm_window
+                    save_state(True)
+                if not keep_delivery_count:  # the source broker's count would make a restored message look like poison
+                    raw_properties = without_delivery_count(raw_properties)
+                seq = await channel.publish(
+                    exchange, routing_key, record.body, raw_properties=raw_properties, mandatory=True
+                )
+                window.sent(seq, record)
+                sent += 1
+                sent_bytes += len(record.body)
+                if window.refused:
+                    break
             if on_progress is not None:
-                on_progress(1, len(record.body))
+                on_progress(sent, sent_bytes)
             now = time.monotonic()
             if now - last_save >= SAVE_EVERY:
                 save_state(True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from bridge.archive.layout import SegmentKey
 from bridge.archive.reader import TimeRange, list_segments, read_index
 from bridge.archive.record import Record, Source, SourceKind
-from bridge.archive.segment import iter_records
+from bridge.archive.segment import iter_blocks, iter_records
 from bridge.archive.snapshots import SnapshotRun, chosen_snapshot, completed_snapshots
 from bridge.concurrency import at_most
 from bridge.errors import ArchiveCorrupt
@@ -64,7 +64,17 @@ async def plan_sources(sink: Sink, names: Sequence[str], window: TimeRange) -> l
 async def records_after(
     sink: Sink, plan: SourcePlan, window: TimeRange, after_seq: int, *, skip_corrupt: bool
 ) -> AsyncIterator[tuple[SegmentKey, Record]]:
-    """Records of the window with a sequence above `after_seq`, in order.
+    """Records of the window with a sequence above `after_seq`, in order (see `batches_after`)."""
+    async for seg, batch in batches_after(sink, plan, window, after_seq, skip_corrupt=skip_corrupt):
+        for record in batch:
+            yield seg, record
+
+
+async def batches_after(
+    sink: Sink, plan: SourcePlan, window: TimeRange, after_seq: int, *, skip_corrupt: bool
+) -> AsyncIterator[tuple[SegmentKey, list[Record]]]:
+    """Records of the window with a sequence above `after_seq`, in order, a block's worth at a time: a
+    replay then spends per message only what publishing it takes.
 
     A corrupt segment raises ArchiveCorrupt (the source stops there), or with `skip_corrupt` is
     reported in `plan.corrupt` and passed over.
@@ -84,12 +94,18 @@ async def records_after(
                 seg, data = await _covering(sink, plan.source, listed, data)
             if isinstance(data, BaseException):
                 raise data
-            for record in iter_records(data, seg.key, **window.block_bounds):
-                if record.seq <= done_through:
+            for entry, records in iter_blocks(data, seg.key, **window.block_bounds):
+                if not records or records[-1].seq <= done_through:
                     continue
-                done_through = record.seq
-                if window.holds(record) and plan.wanted(record):
-                    yield seg, record
+                if records[0].seq <= done_through:
+                    records = [r for r in records if r.seq > done_through]
+                done_through = records[-1].seq
+                if not window.holds_block(entry):
+                    records = [r for r in records if window.holds(r)]
+                if any(r.snapshot is not None for r in records):
+                    records = [r for r in records if plan.wanted(r)]
+                if records:
+                    yield seg, records
         except ArchiveCorrupt as err:
             if not skip_corrupt:
                 raise

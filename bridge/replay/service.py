@@ -34,10 +34,10 @@ from bridge.replay.queue_target import CONFIRM_WINDOW, QueueRoute, replay_queue
 from bridge.replay.selection import (
     DrySummary,
     SourcePlan,
+    batches_after,
     count_selected,
     dry_run,
     plan_sources,
-    records_after,
     refresh,
 )
 from bridge.replay.state import ReplayState, SourceProgress
@@ -324,20 +324,26 @@ async def _records(
     after_seq: int,
     stopping: asyncio.Event,
     progress: Progress,
-) -> AsyncIterator[tuple[SegmentKey, Record]]:
-    """The source's records after `after_seq`; in follow mode, then whatever the archiver commits next."""
+) -> AsyncIterator[tuple[SegmentKey, list[Record]]]:
+    """The source's records after `after_seq`, a block at a time (one at a time when paced, each
+    waiting for its moment); in follow mode, then whatever the archiver commits next."""
     last = after_seq
     pace = Pace(options.pace, anchor_ns=options.since_ns) if options.pace else None
     while True:
-        async for seg, record in records_after(sink, plan, options.window, last, skip_corrupt=options.skip_corrupt):
+        async for seg, batch in batches_after(sink, plan, options.window, last, skip_corrupt=options.skip_corrupt):
             if stopping.is_set():
                 return
-            if pace is not None:
-                await pace.wait_for(record.time_ns)
-            last = record.seq
+            last = batch[-1].seq
             if options.follow:
-                progress.lag_s = max(0.0, (time.time_ns() - record.captured_ns) / 1e9)
-            yield seg, record
+                progress.lag_s = max(0.0, (time.time_ns() - batch[0].captured_ns) / 1e9)
+            if pace is None:
+                yield seg, batch
+                continue
+            for record in batch:
+                await pace.wait_for(record.time_ns)
+                if stopping.is_set():
+                    return
+                yield seg, [record]
         if not options.follow or stopping.is_set():
             return
         progress.lag_s = 0.0 if progress.lag_s is None else progress.lag_s

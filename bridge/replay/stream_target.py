@@ -42,7 +42,7 @@ def publisher_name(stream: str) -> str:
 
 
 async def replay_stream(
-    records: AsyncIterator[tuple[SegmentKey, Record]],
+    records: AsyncIterator[tuple[SegmentKey, list[Record]]],
     endpoint: StreamEndpoint,
     stream: str,
     outcome: SourceOutcome,
@@ -74,26 +74,29 @@ async def replay_stream(
     try:
         batch: list[tuple[int, bytes, str | None]] = []  # publishing id, stored bytes, filter value
         last_save = time.monotonic()
-        async for segment, record in records:
+        async for segment, records_of_block in records:
             if window.refused:
                 break
-            if record.kind is not RecordKind.STREAM or record.offset is None:
-                raise ReplayRefused(f"{segment.key}: record #{record.seq} is not a stream message")
-            if rate is not None:
-                await rate.take()
-            pid = record.offset + 1  # publishing ids start at 1
-            filter_value = stream_filter_value(record.body, filter_from)
-            if filter_value is not None:
-                with_filter_value += 1
-            batch.append((pid, record.body, filter_value))
-            window.sent(pid, record)
-            progress.published_seq = record.seq
-            if on_progress is not None:
-                on_progress(1, len(record.body))
-            if len(batch) >= BATCH:
-                await send(publisher, batch)
-                batch = []
-                await window.wait_below(WINDOW)
+            for record in records_of_block:
+                if record.kind is not RecordKind.STREAM or record.offset is None:
+                    raise ReplayRefused(f"{segment.key}: record #{record.seq} is not a stream message")
+                if rate is not None:
+                    await rate.take()
+                pid = record.offset + 1  # publishing ids start at 1
+                filter_value = stream_filter_value(record.body, filter_from)
+                if filter_value is not None:
+                    with_filter_value += 1
+                batch.append((pid, record.body, filter_value))
+                window.sent(pid, record)
+                progress.published_seq = record.seq
+                if on_progress is not None:
+                    on_progress(1, len(record.body))
+                if len(batch) >= BATCH:
+                    await send(publisher, batch)
+                    batch = []
+                    await window.wait_below(WINDOW)
+                    if window.refused:
+                        break
             now = time.monotonic()
             if now - last_save >= SAVE_EVERY:
                 save_state(True)
