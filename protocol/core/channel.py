@@ -101,6 +101,57 @@ class ChannelState:
             raise FrameError("heartbeat frame on a channel other than 0", channel=self.number)
         raise FrameError(f"unknown frame type {ftype}", channel=self.number)
 
+    def take_delivery(
+        self, buf: bytes, start: int, end: int, end_of_data: int, max_payload: int
+    ) -> tuple[Message, int] | None:
+        """A whole delivery in one step, the consumer's hot path: the basic.deliver method frame whose
+        payload is buf[start:end], then its content header and a single body frame, all complete in
+        `buf`. Returns the message and where the next frame starts; None for anything else (content split
+        over frames or reads, another frame between, a closing channel, any fault), which the
+        frame-by-frame path then handles or reports."""
+        if self._message is not None or self.closing:
+            return None
+        number = self.number
+        header_at = end + 1
+        if end_of_data - header_at < 7:
+            return None
+        ftype, channel, size = frames.unpack_frame_head(buf, header_at)
+        header_end = header_at + 7 + size
+        if ftype != frames.FRAME_HEADER or channel != number or size > max_payload or header_end >= end_of_data:
+            return None
+        if buf[header_end] != frames.FRAME_END or size < 14 or buf[header_at + 7] != 0 or buf[header_at + 8] != 60:
+            return None
+        body_size = frames.body_size_at(buf, header_at + 11)
+        next_at = header_end + 1
+        if body_size:
+            if end_of_data - next_at < 7:
+                return None
+            ftype, channel, size = frames.unpack_frame_head(buf, next_at)
+            body_end = next_at + 7 + size
+            if ftype != frames.FRAME_BODY or channel != number or size != body_size or body_end >= end_of_data:
+                return None
+            if buf[body_end] != frames.FRAME_END:
+                return None
+            body = buf[next_at + 7 : body_end]
+            next_at = body_end + 1
+        else:
+            body = b""
+        try:
+            consumer_tag, delivery_tag, redelivered, exchange, routing_key = frames.decode_deliver(buf[start:end])
+        except (IndexError, ValueError, struct.error):
+            return None
+        message = Message(
+            body,
+            buf[header_at + 19 : header_end],
+            exchange=exchange,
+            routing_key=routing_key,
+            delivery_tag=delivery_tag,
+            redelivered=redelivered,
+            consumer_tag=consumer_tag,
+            channel=number,
+        )
+        return message, next_at
+
     def _header(self, payload: bytes) -> Event | None:
         message = self._message
         if message is None or self._body_size != -1:

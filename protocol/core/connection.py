@@ -242,6 +242,17 @@ class ConnectionState:
                         f"frame-end octet is {buf[end]:#04x}, expected 0xce (frame type {ftype}, {size} bytes)",
                         channel=number,
                     )
+                if ftype == frames.FRAME_METHOD and number and buf.startswith(frames.DELIVER_HEAD, pos + 7):
+                    chan = channels.get(number)
+                    taken = (
+                        None
+                        if chan is None
+                        else chan.take_delivery(buf, pos + frames.FRAME_HEADER_SIZE, end, end_of_data, max_payload)
+                    )
+                    if taken is not None:
+                        events.append(taken[0])
+                        pos = taken[1]
+                        continue
                 payload = buf[pos + frames.FRAME_HEADER_SIZE : end]
                 pos = end + 1
                 if number == 0:

@@ -42,6 +42,7 @@ HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 # class and method ids packed as one big-endian u32, as on the wire
 DELIVER_ID = 0x003C003C
+DELIVER_HEAD = DELIVER_ID.to_bytes(4, "big")
 ACK_ID = 0x003C0050
 NACK_ID = 0x003C0078
 RETURN_ID = 0x003C0032
@@ -141,6 +142,11 @@ def decode_deliver(payload: bytes) -> tuple[str, int, bool, str, str]:
     if pos + 1 + n != len(payload):
         raise ValueError("basic.deliver arguments do not fill the frame")
     return consumer_tag, delivery_tag, redelivered, exchange, routing_key
+
+
+def body_size_at(data: bytes, offset: int) -> int:
+    """The body size (u64) a content header holds at `offset` of `data`."""
+    return _u64.unpack_from(data, offset)[0]
 
 
 def decode_confirm(payload: bytes) -> tuple[int, bool]:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pamqp import body, commands
 from pamqp import frame as pframe
 
+from protocol.core import frames
 from protocol.core.events import Confirm, GetEmpty, GetOk, MethodReceived, Returned
 from protocol.core.message import Message, encode_properties
 from protocol.errors import FrameError
@@ -254,3 +255,69 @@ def test_byte_at_a_time():
     (message,) = events
     assert message.body == b"hello world"
     assert message.properties.app_id == "a"
+
+
+def _deliver_frames(
+    channel: int, parts: list[bytes], raw: bytes, tag: int, exchange: str, key: str, again: bool
+) -> bytes:
+    deliver = frames.method(
+        commands.Basic.Deliver,
+        consumer_tag="ctag",
+        delivery_tag=tag,
+        redelivered=again,
+        exchange=exchange,
+        routing_key=key,
+    )
+    data = frames.encode_method(channel, deliver)
+    data += content_header(sum(len(p) for p in parts), raw, channel)
+    for part in parts:
+        data += pframe.marshal(body.ContentBody(part), channel)
+    return data
+
+
+names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40).filter(lambda s: len(s.encode()) <= 255)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    deliveries=st.lists(
+        st.tuples(st.binary(max_size=400), st.integers(1, 500), names, names, st.booleans(), st.integers(1, 2)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_read_of_whole_deliveries_gives_what_frame_by_frame_parsing_gives(deliveries):
+    # A read holding whole deliveries takes each in one step (ChannelState.take_delivery); a read of
+    # one byte never does. Both must give the same messages, for any names, sizes and channels.
+    def parsed(whole: bool) -> list[tuple]:
+        broker = opened()
+        channels = [broker.open_channel(), broker.open_channel()]
+        data = b""
+        for tag, (payload, frame_size, exchange, key, again, which) in enumerate(deliveries, 1):
+            parts = [payload[at : at + frame_size] for at in range(0, len(payload), frame_size)]
+            raw = encode_properties({"message_id": f"m{tag}", "headers": {"n": tag}})
+            data += _deliver_frames(channels[which - 1], parts, raw, tag, exchange, key, again)
+        if whole:
+            return [summary(m) for m in broker.say_bytes(data)]
+        return [summary(m) for i in range(len(data)) for m in broker.say_bytes(data[i : i + 1])]
+
+    assert parsed(whole=True) == parsed(whole=False)
+    assert [s[2] for s in parsed(whole=True)] == list(range(1, len(deliveries) + 1))
+
+
+@pytest.mark.parametrize(
+    "fault, reason",
+    [
+        (lambda ch: content_header(3, b"\x00\x00", ch, class_id=50), "content header for class 50"),
+        (lambda ch: content_header(3, b"\x00\x00", ch) + pframe.marshal(body.ContentBody(b"abcd"), ch), "exceeds"),
+        (lambda ch: pframe.marshal(commands.Basic.Ack(1), ch), "method frame arrived while content was still expected"),
+    ],
+)
+def test_a_broken_delivery_in_a_whole_read_is_refused_as_frame_by_frame(fault, reason):
+    broker = opened()
+    number = broker.open_channel()
+    deliver = frames.encode_method(number, frames.method(commands.Basic.Deliver, consumer_tag="c", delivery_tag=1))
+    data = deliver + fault(number) + broker.deliver_bytes(number, [b"next"], delivery_tag=2)
+    with pytest.raises(FrameError, match=reason):
+        broker.say_bytes(data)
+    assert b"\x00\x0a\x00\x32" in broker.heard_bytes()  # connection.close, telling the broker why
