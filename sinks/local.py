@@ -178,6 +178,8 @@ class LocalSink(Sink):
     reporting an empty archive. Empty directories left behind by deletes are harmless: not objects.
     """
 
+    min_segment_share = 1 / 8  # a write is an fsync or two: small segments keep acknowledgements quick
+
     def __init__(self, root: Path, *, deadlines: Deadlines = DEFAULT_DEADLINES) -> None:
         self._root = Path(root).absolute()
         self._deadlines = deadlines

@@ -51,6 +51,7 @@ class MirroredSink(Sink):
                 f"write-quorum {quorum} is impossible with {len(sinks)} sinks", sink=self._describe(sinks, quorum)
             )
         self.members = [_Member(s) for s in sinks]
+        self.min_segment_share = max(s.min_segment_share for s in sinks)  # every member stores each segment
         self.write_quorum = quorum
         self._background: set[asyncio.Task[None]] = set()
         self._version = 0  # orders writes of one key: an older write landing late must not hide a newer miss

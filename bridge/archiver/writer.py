@@ -128,14 +128,16 @@ class _Finished:
 class SegmentSizer:
     """Records per segment when the broker waits for acknowledgements: the window W holds the segment
     being filled and what arrives while earlier ones commit (rate R x commit latency L), so a segment of
-    (W - R*L) / 2 keeps deliveries flowing with room to spare; between W/8 (more segments cost more
-    uploads and objects) and W/2. Starts at W/4; R and L are smoothed over the last segments."""
+    (W - R*L) / 2 keeps deliveries flowing with room to spare; between the sink's floor (`min_share` of
+    W: more segments cost more requests and objects, W/8 locally) and W/2. Starts at W/4 or the floor;
+    R and L are smoothed over the last segments."""
 
     SMOOTHING = 0.2
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, min_share: float = 1 / 8) -> None:
         self.window = window
-        self.records = max(1, window // 4)
+        self.floor = window * min(0.5, min_share)
+        self.records = max(1, int(max(window / 4, self.floor)))
         self._rate: float | None = None  # records a second
         self._latency: float | None = None  # seconds from roll to durable
 
@@ -148,7 +150,7 @@ class SegmentSizer:
         if self._rate is None:
             return
         wanted = (self.window - self._rate * self._latency) / 2
-        self.records = int(min(self.window / 2, max(self.window / 8, wanted))) or 1
+        self.records = int(min(self.window / 2, max(self.floor, wanted))) or 1
 
 
 class SegmentWriter:
@@ -207,7 +209,7 @@ class SegmentWriter:
         self._checkpointed_seq = 0
         self._last_durable: _Finished | None = None
         self._ager: asyncio.Task[None] | None = None
-        self._sizer = SegmentSizer(self.policy.window) if self.policy.window else None
+        self._sizer = SegmentSizer(self.policy.window, sink.min_segment_share) if self.policy.window else None
         self._size_segments()
         self.recent: deque[str] = deque(maxlen=RECENT_SEGMENTS)  # keys of the newest durable segments, in order
 
