@@ -464,13 +464,15 @@ class GCSSink(Sink):
     # -- housekeeping
 
     async def close(self) -> None:
-        """Wait for calls in flight, then drop the pool and the client's connections."""
+        """Wait for calls in flight, then drop the pool and the client's connections. Calls still queued
+        are cancelled: nobody waits for them any more (a mirror has given up on its background writes by
+        now), and against an unreachable endpoint each would spend its retries before the process could exit."""
         if self._closed:
             return
         self._closed = True
         await asyncio.to_thread(self._shutdown)
 
     def _shutdown(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
         if self._client is not None:
             self._client.close()
