@@ -112,37 +112,40 @@ class ChannelState:
         if self._message is not None or self.closing:
             return None
         number = self.number
-        header_at = end + 1
-        if end_of_data - header_at < 7:
+        # Frame heads are read inline, not through a helper: this runs once per message.
+        header_start = end + 1 + frames.FRAME_HEADER_SIZE
+        if end_of_data < header_start:
             return None
-        ftype, channel, size = frames.unpack_frame_head(buf, header_at)
-        header_end = header_at + 7 + size
-        if ftype != frames.FRAME_HEADER or channel != number or size > max_payload or header_end >= end_of_data:
+        ftype, channel, size = frames.unpack_frame_head(buf, end + 1)
+        header_end = header_start + size
+        if ftype != frames.FRAME_HEADER or channel != number or not 14 <= size <= max_payload:
             return None
-        if buf[header_end] != frames.FRAME_END or size < 14 or buf[header_at + 7] != 0 or buf[header_at + 8] != 60:
+        if header_end >= end_of_data or buf[header_end] != frames.FRAME_END:
             return None
-        body_size = frames.body_size_at(buf, header_at + 11)
+        class_id, body_size, raw_properties = frames.content_header_fields(buf, header_start, header_end)
+        if class_id != 60 or body_size > max_payload:
+            return None  # a body over frame_max comes in several frames: frame by frame
         next_at = header_end + 1
+        body = b""
         if body_size:
-            if end_of_data - next_at < 7:
+            body_start = next_at + frames.FRAME_HEADER_SIZE
+            if end_of_data < body_start:
                 return None
             ftype, channel, size = frames.unpack_frame_head(buf, next_at)
-            body_end = next_at + 7 + size
-            if ftype != frames.FRAME_BODY or channel != number or size != body_size or body_end >= end_of_data:
+            body_end = body_start + size
+            if ftype != frames.FRAME_BODY or channel != number or size != body_size:
                 return None
-            if buf[body_end] != frames.FRAME_END:
+            if body_end >= end_of_data or buf[body_end] != frames.FRAME_END:
                 return None
-            body = buf[next_at + 7 : body_end]
+            body = buf[body_start:body_end]
             next_at = body_end + 1
-        else:
-            body = b""
         try:
             consumer_tag, delivery_tag, redelivered, exchange, routing_key = frames.decode_deliver(buf[start:end])
         except (IndexError, ValueError, struct.error):
             return None
         message = Message(
             body,
-            buf[header_at + 19 : header_end],
+            raw_properties,
             exchange=exchange,
             routing_key=routing_key,
             delivery_tag=delivery_tag,

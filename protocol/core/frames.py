@@ -144,11 +144,6 @@ def decode_deliver(payload: bytes) -> tuple[str, int, bool, str, str]:
     return consumer_tag, delivery_tag, redelivered, exchange, routing_key
 
 
-def body_size_at(data: bytes, offset: int) -> int:
-    """The body size (u64) a content header holds at `offset` of `data`."""
-    return _u64.unpack_from(data, offset)[0]
-
-
 def decode_confirm(payload: bytes) -> tuple[int, bool]:
     """basic.ack / basic.nack from the broker: (delivery_tag, multiple)."""
     tag, bits = _ack_method.unpack_from(payload, 4)
@@ -237,10 +232,11 @@ def encode_start_ok(client_properties: dict, mechanism: str, response: bytes, lo
     return _frame_head.pack(FRAME_METHOD, 0, len(payload)) + payload + FRAME_END_BYTE
 
 
-def content_header_fields(payload: bytes) -> tuple[int, int, bytes]:
-    """(class_id, body_size, raw property bytes) of a content header payload."""
-    if len(payload) < 14:
-        raise ValueError(f"content header of {len(payload)} bytes is shorter than 14")
-    class_id = (payload[0] << 8) | payload[1]
-    body_size = _u64.unpack_from(payload, 4)[0]
-    return class_id, body_size, payload[12:]
+def content_header_fields(data: bytes, start: int = 0, end: int | None = None) -> tuple[int, int, bytes]:
+    """(class_id, body_size, raw property bytes) of the content header payload data[start:end]."""
+    end = len(data) if end is None else end
+    if end - start < 14:
+        raise ValueError(f"content header of {end - start} bytes is shorter than 14")
+    class_id = (data[start] << 8) | data[start + 1]
+    body_size = _u64.unpack_from(data, start + 4)[0]
+    return class_id, body_size, data[start + 12 : end]

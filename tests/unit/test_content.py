@@ -311,6 +311,10 @@ def test_a_read_of_whole_deliveries_gives_what_frame_by_frame_parsing_gives(deli
         (lambda ch: content_header(3, b"\x00\x00", ch, class_id=50), "content header for class 50"),
         (lambda ch: content_header(3, b"\x00\x00", ch) + pframe.marshal(body.ContentBody(b"abcd"), ch), "exceeds"),
         (lambda ch: pframe.marshal(commands.Basic.Ack(1), ch), "method frame arrived while content was still expected"),
+        (
+            lambda ch: content_header(131072, b"\x00\x00", ch) + pframe.marshal(body.ContentBody(bytes(131072)), ch),
+            "exceeds the negotiated frame_max",
+        ),
     ],
 )
 def test_a_broken_delivery_in_a_whole_read_is_refused_as_frame_by_frame(fault, reason):
