@@ -42,10 +42,11 @@ class Notifier:
     def enabled(self) -> bool:
         return self.address is not None
 
-    def notify(self, *assignments: str) -> None:
-        """One datagram of `KEY=value` lines, e.g. notify("READY=1", "STATUS=archiving")."""
+    def notify(self, *assignments: str) -> bool:
+        """One datagram of `KEY=value` lines, e.g. notify("READY=1", "STATUS=archiving"); False if it was
+        not sent (no socket, or its queue full)."""
         if self.address is None:
-            return
+            return False
         message = "\n".join(assignments).encode()
         try:
             if self._socket is None:
@@ -53,6 +54,7 @@ class Notifier:
                 # Never block the event loop on systemd: a full queue drops the datagram (logged below).
                 self._socket.setblocking(False)
             self._socket.sendto(message, self.address)
+            return True
         except OSError as err:
             if not self._warned:
                 self._warned = True
@@ -60,12 +62,13 @@ class Notifier:
                     "cannot notify systemd (NOTIFY_SOCKET); going on without it",
                     extra={"socket": _printable(self.address), "error": err.strerror or str(err)},
                 )
+            return False
 
-    def ready(self, status: str) -> None:
-        self.notify("READY=1", status_assignment(status))
+    def ready(self, status: str) -> bool:
+        return self.notify("READY=1", status_assignment(status))
 
-    def status(self, status: str) -> None:
-        self.notify(status_assignment(status))
+    def status(self, status: str) -> bool:
+        return self.notify(status_assignment(status))
 
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")
@@ -159,8 +162,10 @@ class _Report:
             if stopping.is_set():
                 self.stop()
             elif not self.is_ready and self.state.ready():
-                self.is_ready, self.shown = True, self.state.line()
-                self.notifier.ready(self.shown)
+                # A datagram the manager's full queue dropped is sent again at the next refresh.
+                line = self.state.line()
+                if self.notifier.ready(line):
+                    self.is_ready, self.shown = True, line
                 next_status = now + STATUS_EVERY
             elif changed or now >= next_status:
                 self._show_status()
@@ -192,9 +197,8 @@ class _Report:
 
     def _show_status(self) -> None:
         text = self.state.line()
-        if text != self.shown:
+        if text != self.shown and self.notifier.status(text):
             self.shown = text
-            self.notifier.status(text)
 
 
 @contextlib.asynccontextmanager

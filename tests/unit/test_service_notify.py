@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge import service_notify
 from bridge.archiver.status import SourceStates, short_reason
 from bridge.service_notify import Notifier, keep_informed, watchdog_interval
 from protocol.errors import AuthenticationError, ChannelClosedByBroker, ConnectionLost
@@ -177,6 +178,48 @@ def test_a_service_that_ends_without_being_stopped_still_says_stopping(abstract_
         informing.cancel()
         await asyncio.gather(informing, return_exceptions=True)
         assert listener.messages() == ["STOPPING=1\nSTATUS=done"]
+
+    run(scenario())
+
+
+def fill(address: str) -> list[bytes]:
+    """Fill the listener's queue (net.unix.max_dgram_qlen datagrams) as a busy service manager would
+    leave it: the notifier's next datagram finds no room and is dropped."""
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender.setblocking(False)
+    sent = []
+    try:
+        while True:
+            sender.sendto(b"X=%d" % len(sent), address)
+            sent.append(b"X=%d" % len(sent))
+    except BlockingIOError:
+        return sent
+    finally:
+        sender.close()
+
+
+def test_ready_and_status_dropped_by_a_full_queue_are_sent_again_once_it_has_room(path_listener, monkeypatch):
+    address, listener = path_listener
+    monkeypatch.setattr(service_notify, "STATUS_EVERY", 0.1)
+
+    async def scenario() -> None:
+        state = FakeState(is_ready=True, text="archiving 1 of 2 sources, 0 messages since start")
+        assert fill(address), "the listener's queue took no datagram"
+        informing = asyncio.create_task(
+            keep_informed(Notifier.from_environment({"NOTIFY_SOCKET": address}), asyncio.Event(), state, "done")
+        )
+        await asyncio.sleep(0.25)  # READY was tried while the queue was full
+        assert all(m.startswith("X=") for m in listener.messages())
+        assert await listener.next() == f"READY=1\nSTATUS={state.text}"
+
+        fill(address)
+        state.text = "archiving 1 of 2 sources, 20 messages since start"
+        state.changed.set()
+        await asyncio.sleep(0.25)
+        assert all(m.startswith("X=") for m in listener.messages())
+        assert await listener.next() == f"STATUS={state.text}"
+        informing.cancel()
+        await asyncio.gather(informing, return_exceptions=True)
 
     run(scenario())
 
