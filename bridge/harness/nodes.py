@@ -455,15 +455,8 @@ class LocalNode:
         return self.start()
 
     def destroy(self) -> None:
-        self.kill() if self.is_paused() else self.stop()
+        """Remove the node, data and all. Nothing of it is kept, so it is killed rather than stopped in
+        order: an orderly stop costs a rabbitmqctl VM and the node's shutdown, seconds of CPU a node
+        on a two-core test host."""
+        self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def is_paused(self) -> bool:
-        pid = self.beam_pid()
-        if pid is None:
-            return False
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, IndexError):
-            return False
-        return state == "T"
