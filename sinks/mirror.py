@@ -56,6 +56,7 @@ class MirroredSink(Sink):
         self._background: set[asyncio.Task[None]] = set()
         self._version = 0  # orders writes of one key: an older write landing late must not hide a newer miss
         self._url = self._describe(sinks, quorum)
+        self._closing = False  # catch-up loops end on it, whatever became of their cancellation
 
     @staticmethod
     def _describe(sinks: Sequence[Sink], quorum: int) -> str:
@@ -167,7 +168,7 @@ class MirroredSink(Sink):
 
     async def _catch_up(self, member: _Member) -> None:
         attempt = 0
-        while member.lagging:
+        while member.lagging and not self._closing:
             key, version = next(iter(member.lagging.items()))
             try:
                 data = await self._get_from_others(member, key)
@@ -187,8 +188,12 @@ class MirroredSink(Sink):
                 delay = CATCH_UP_DELAYS[min(attempt, len(CATCH_UP_DELAYS) - 1)] * random.uniform(0.5, 1.0)
                 attempt += 1
                 member.wakeup.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+                # arrives as the wakeup is set (a failing write sets it), and the close that cancelled
+                # this loop then waited on it for as long as the member stayed down.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(member.wakeup.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await member.wakeup.wait()
         if member.down_since is not None:
             log.warning(
                 "sink caught up",
@@ -330,14 +335,14 @@ class MirroredSink(Sink):
             )
 
     async def close(self) -> None:
+        self._closing = True
         pending = [t for t in self._background if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=10)
         for member in self.members:
             if member.task is not None:
                 member.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await member.task
+                await asyncio.wait({member.task})  # not `await task`: a cancel of close() itself stays one
             if member.lagging:
                 log.warning(
                     "stopping with a sink behind; `warren sync` or the next start catches it up",

@@ -468,8 +468,11 @@ class SegmentWriter:
             self._checkpoint_due.clear()
             wait = self._checkpointed_at + CHECKPOINT_EVERY - time.monotonic()
             if wait > 0 and not self._checkpoint_now.is_set():
+                # asyncio.timeout, not wait_for, which on Python 3.11 loses a cancellation arriving as
+                # flush() sets the event: this loop ends only by cancellation, and close waits for it.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._checkpoint_now.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._checkpoint_now.wait()
             self._checkpoint_now.clear()
             segment = self._last_durable
             if segment is not None and segment.last_seq > self._checkpointed_seq:

@@ -245,6 +245,33 @@ def test_an_overwrite_that_failed_on_a_member_is_not_forgotten_when_an_older_put
     run(scenario())
 
 
+def test_close_ends_the_catch_up_of_a_member_still_down_even_if_a_wakeup_meets_the_cancellation(tmp_path, monkeypatch):
+    # Woken (as a failing write wakes it) in the same step as close() cancels it: on Python 3.11,
+    # asyncio.wait_for returned the wakeup and lost the cancellation, the loop went on retrying the dead
+    # member, and close() waited for it for as long as the member stayed down (a hung archiver stop).
+    monkeypatch.setattr(mirror_module, "CATCH_UP_DELAYS", (0.2,))
+
+    async def scenario() -> None:
+        members = await open_members(tmp_path)
+        mirror = MirroredSink(members, 2)
+        down = members[0]
+        down.down = True
+        await mirror.put("k", b"payload")
+        await eventually(lambda: len(down.puts) >= 2, "catch-up retrying the member that is down")
+        await asyncio.sleep(0.05)  # between tries: waiting for its wakeup or its next retry
+        mirror.members[0].wakeup.set()
+        closing = asyncio.create_task(mirror.close())
+        done, _ = await asyncio.wait({closing}, timeout=3)  # asyncio.wait, as it cancels nothing
+        if not done:
+            closing.cancel()
+            pytest.fail("close() still waits for the catch-up of the member that is down")
+        tries = len(down.puts)
+        await asyncio.sleep(0.5)
+        assert len(down.puts) == tries, "the catch-up still retries after close"
+
+    run(scenario())
+
+
 def test_put_fails_retryably_with_two_of_three_down_and_is_not_reported_done(tmp_path):
     async def scenario() -> None:
         members = await open_members(tmp_path)
