@@ -357,7 +357,12 @@ class LocalNode:
     def _await_startup(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         last_error: Exception | None = None
-        while time.monotonic() < deadline:  # the node registers with epmd a moment after -detached returns
+        # The node writes its pid file once it has registered with epmd, a moment after -detached
+        # returns; asked before that, rabbitmqctl fails, and each try is an Erlang VM's start (a second
+        # of CPU), so the cheap look comes first.
+        while not self.pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        while time.monotonic() < deadline:
             try:
                 self.ctl("await_startup", "--timeout", str(int(START_TIMEOUT)), timeout=START_TIMEOUT + 30)
                 break
