@@ -8,25 +8,15 @@ for its error types) does not pay for the transport's imports at every start.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from protocol.lazy import importer
 
 if TYPE_CHECKING:
     from protocol.aio.channel import Channel, QueueInfo
     from protocol.aio.connection import Connection, connect
     from protocol.core.message import Message, Properties
     from protocol.uri import ConnectionParameters, parse_uri
-
-_HOMES = {
-    "Channel": "protocol.aio.channel",
-    "QueueInfo": "protocol.aio.channel",
-    "Connection": "protocol.aio.connection",
-    "connect": "protocol.aio.connection",
-    "Message": "protocol.core.message",
-    "Properties": "protocol.core.message",
-    "ConnectionParameters": "protocol.uri",
-    "parse_uri": "protocol.uri",
-}
 
 __all__ = [
     "Channel",
@@ -39,11 +29,16 @@ __all__ = [
     "parse_uri",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = importer(
+    __name__,
+    {
+        "Channel": "protocol.aio.channel",
+        "QueueInfo": "protocol.aio.channel",
+        "Connection": "protocol.aio.connection",
+        "connect": "protocol.aio.connection",
+        "Message": "protocol.core.message",
+        "Properties": "protocol.core.message",
+        "ConnectionParameters": "protocol.uri",
+        "parse_uri": "protocol.uri",
+    },
+)

@@ -2,13 +2,21 @@
 stored message's filter value read from its AMQP 1.0 bytes (filter_values.py), and rstream's strings
 sized in bytes (rstream_strings.py). Nothing outside this package imports rstream.
 
-Its names are imported when first asked for: reading an archive needs filter_values, not rstream.
+The client's names are imported when first asked for: reading an archive needs filter_values, not rstream.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from protocol.lazy import importer
+from protocol.stream.filter_values import (
+    ANNOTATION,
+    FILTER_VALUE_KEY,
+    PROPERTY_FIELDS,
+    FilterValueSource,
+    stream_filter_value,
+)
 
 if TYPE_CHECKING:
     from protocol.stream.client import (
@@ -21,29 +29,6 @@ if TYPE_CHECKING:
         StreamSubscription,
         filter_value_of,
     )
-    from protocol.stream.filter_values import (
-        ANNOTATION,
-        FILTER_VALUE_KEY,
-        PROPERTY_FIELDS,
-        FilterValueSource,
-        stream_filter_value,
-    )
-
-_CLIENT = (
-    "Chunk",
-    "FilteredMessage",
-    "OnChunk",
-    "StartAt",
-    "StreamEndpoint",
-    "StreamPublisher",
-    "StreamSubscription",
-    "filter_value_of",
-)
-_FILTER_VALUES = ("ANNOTATION", "FILTER_VALUE_KEY", "PROPERTY_FIELDS", "FilterValueSource", "stream_filter_value")
-_HOMES = {
-    **dict.fromkeys(_CLIENT, "protocol.stream.client"),
-    **dict.fromkeys(_FILTER_VALUES, "protocol.stream.filter_values"),
-}
 
 __all__ = [
     "ANNOTATION",
@@ -61,11 +46,5 @@ __all__ = [
     "stream_filter_value",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+# What is not imported above comes from the client, on first use.
+__getattr__ = importer(__name__, {name: "protocol.stream.client" for name in __all__ if name not in globals()})
