@@ -56,7 +56,6 @@ class MirroredSink(Sink):
         self._background: set[asyncio.Task[None]] = set()
         self._version = 0  # orders writes of one key: an older write landing late must not hide a newer miss
         self._url = self._describe(sinks, quorum)
-        self._closing = False  # catch-up loops end on it, whatever became of their cancellation
 
     @staticmethod
     def _describe(sinks: Sequence[Sink], quorum: int) -> str:
@@ -168,7 +167,7 @@ class MirroredSink(Sink):
 
     async def _catch_up(self, member: _Member) -> None:
         attempt = 0
-        while member.lagging and not self._closing:
+        while member.lagging:
             key, version = next(iter(member.lagging.items()))
             try:
                 data = await self._get_from_others(member, key)
@@ -335,7 +334,6 @@ class MirroredSink(Sink):
             )
 
     async def close(self) -> None:
-        self._closing = True
         pending = [t for t in self._background if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=10)

@@ -20,6 +20,7 @@ from bridge.archiver.status import SourceStates, short_reason
 from bridge.service_notify import Notifier, keep_informed, watchdog_interval
 from protocol.errors import AuthenticationError, ChannelClosedByBroker, ConnectionLost
 from protocol.loop import run
+from tests.polling import eventually
 
 
 class Listener:
@@ -198,24 +199,35 @@ def fill(address: str) -> list[bytes]:
         sender.close()
 
 
+class DropCountingNotifier(Notifier):
+    """The real notifier, counting the datagrams it could not send, so a test sees a drop happen."""
+
+    dropped = 0
+
+    def notify(self, *assignments: str) -> bool:
+        sent = super().notify(*assignments)
+        self.dropped += not sent
+        return sent
+
+
 def test_ready_and_status_dropped_by_a_full_queue_are_sent_again_once_it_has_room(path_listener, monkeypatch):
     address, listener = path_listener
     monkeypatch.setattr(service_notify, "STATUS_EVERY", 0.1)
 
     async def scenario() -> None:
         state = FakeState(is_ready=True, text="archiving 1 of 2 sources, 0 messages since start")
+        notifier = DropCountingNotifier(address)
         assert fill(address), "the listener's queue took no datagram"
-        informing = asyncio.create_task(
-            keep_informed(Notifier.from_environment({"NOTIFY_SOCKET": address}), asyncio.Event(), state, "done")
-        )
-        await asyncio.sleep(0.25)  # READY was tried while the queue was full
+        informing = asyncio.create_task(keep_informed(notifier, asyncio.Event(), state, "done"))
+        await eventually(lambda: notifier.dropped >= 1, "READY tried while the queue was full")
         assert all(m.startswith("X=") for m in listener.messages())
         assert await listener.next() == f"READY=1\nSTATUS={state.text}"
 
         fill(address)
+        dropped = notifier.dropped
         state.text = "archiving 1 of 2 sources, 20 messages since start"
         state.changed.set()
-        await asyncio.sleep(0.25)
+        await eventually(lambda: notifier.dropped > dropped, "the STATUS tried while the queue was full")
         assert all(m.startswith("X=") for m in listener.messages())
         assert await listener.next() == f"STATUS={state.text}"
         informing.cancel()
